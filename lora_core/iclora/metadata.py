@@ -1,0 +1,81 @@
+"""IC-LoRA parameters from a LoRA file's safetensors header."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .errors import ICLoraError
+
+SPATIAL_KEY = "reference_downscale_factor"
+TEMPORAL_KEY = "reference_temporal_scale_factor"
+
+
+@dataclass(frozen=True)
+class ICParams:
+    reference_downscale_factor: int = 1
+    reference_temporal_scale_factor: int = 1
+    found: tuple[str, ...] = ()          # header keys that were used
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict:
+        return {SPATIAL_KEY: self.reference_downscale_factor,
+                TEMPORAL_KEY: self.reference_temporal_scale_factor}
+
+
+def _find(meta: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    if name in meta:
+        return name, meta[name]
+    for key in sorted(meta):  # namespaced variants, e.g. "ss_reference_downscale_factor"
+        if key.endswith(name):
+            return key, meta[key]
+    return None
+
+
+def _parse_factor(raw, key: str, warnings: list[str]) -> int:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        warnings.append(f"IC-LoRA header {key}={raw!r} is not a number; using 1")
+        return 1
+    if not math.isfinite(value) or value < 1 or abs(value - round(value)) > 1e-6:
+        hint = " (a value below 1 looks like a scale, e.g. 0.5 means factor 2)" if 0 < value < 1 else ""
+        warnings.append(f"IC-LoRA header {key}={raw!r} is not an integer ≥ 1{hint}; using 1")
+        return 1
+    return int(round(value))
+
+
+def parse_ic_metadata(meta: Mapping[str, str] | None) -> ICParams:
+    """Read the reference factors; missing keys mean 1, invalid values warn and mean 1.
+
+    The result does not depend on the LoRA's strength.
+    """
+    meta = dict(meta or {})
+    warnings: list[str] = []
+    found: list[str] = []
+    factors = {}
+    for name in (SPATIAL_KEY, TEMPORAL_KEY):
+        hit = _find(meta, name)
+        if hit is None:
+            factors[name] = 1
+            continue
+        found.append(hit[0])
+        factors[name] = _parse_factor(hit[1], hit[0], warnings)
+    if not any(f.endswith(SPATIAL_KEY) for f in found):
+        warnings.append(f"no {SPATIAL_KEY} in the LoRA header; assuming 1 (full-resolution reference)")
+    return ICParams(reference_downscale_factor=factors[SPATIAL_KEY],
+                    reference_temporal_scale_factor=factors[TEMPORAL_KEY],
+                    found=tuple(found), warnings=tuple(warnings))
+
+
+def merge_factors(params: list[tuple[str, int]]) -> int:
+    """One model can only use one reference factor: refuse IC-LoRAs that disagree.
+
+    ``params`` is a list of (lora name, factor); returns the common factor (1 if empty).
+    """
+    distinct = {f for _, f in params}
+    if len(distinct) > 1:
+        listing = ", ".join(f"{n} (×{f})" for n, f in params)
+        raise ICLoraError(f"IC-LoRAs with different reference_downscale_factor on one model: {listing}",
+                          fix="use IC-LoRAs trained with the same reference size together, or disable one")
+    return distinct.pop() if distinct else 1

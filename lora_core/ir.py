@@ -214,7 +214,8 @@ class ModulePatch:
         return self.weight.kind if self.weight is not None else None
 
 
-UnusedReason = Literal["unknown name", "shape mismatch", "unsupported kind", "invalid tensor"]
+UnusedReason = Literal["unknown name", "shape mismatch", "unsupported kind", "invalid tensor",
+                       "I2V-only key; the model is T2V"]
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,11 @@ class CoverageReport:
     lora_family: Optional[str] = None
     model_family: Optional[str] = None
     family_warning: Optional[str] = None
+    # Patches addressed to a component this model does not hold (text-encoder
+    # keys met by a diffusion model, or the reverse): expected when a loader
+    # resolves one file against the model and the text encoder separately.
+    elsewhere: tuple[Unmatched, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

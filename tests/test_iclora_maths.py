@@ -276,3 +276,9 @@ def test_keep_index_for_window():
     keep, flags = keep_index_for_window(5, recs, [False, True])
     assert keep == [0, 1, 2, 3, 4, 8, 9] and flags == [False, True]
     assert keep_index_for_window(5, recs, [True, True])[0] == list(range(10))
+
+
+def test_coords_starts_only_layout():
+    c = guide_keyframe_coords(latent_frames=2, latent_height=1, latent_width=1, frame_idx=9, causal=False,
+                              intervals=False)
+    assert c.shape == (1, 3, 2) and c[0, 0].tolist() == [9, 17] and c[0, 1].tolist() == [0, 0]

@@ -23,13 +23,16 @@ def latent_token_intervals(frames: int, height: int, width: int, batch: int = 1,
 
 def guide_keyframe_coords(*, latent_frames: int, latent_height: int, latent_width: int, frame_idx: int,
                           causal: bool, k: int = 1, scale: tuple[int, int, int] = VAE_SCALE,
-                          batch: int = 1, device=None) -> torch.Tensor:
+                          batch: int = 1, device=None, intervals: bool = True) -> torch.Tensor:
     """Pixel positions of a (dilated) guide placed at pixel frame ``frame_idx``.
 
     * time: latent ×t; in causal mode shifted by ``max(x + 1 − t, 0)`` so frame 0
       spans [0, 1) and frame j spans [t(j−1)+1, tj+1); then + ``frame_idx``;
     * height/width: latent ×32, and for k > 1 the *end* grows by (k−1)·32 so
       the interval of a real cell covers the k×k area it represents.
+
+    ``intervals=False`` returns the starts only, (B, 3, tokens), the layout of
+    hosts whose LTX model uses start positions (ComfyUI v0.3.x).
     """
     t, sh, sw = scale
     lat = latent_token_intervals(latent_frames, latent_height, latent_width, batch, device)
@@ -40,4 +43,4 @@ def guide_keyframe_coords(*, latent_frames: int, latent_height: int, latent_widt
     if k > 1:
         px[:, 1, :, 1] += (k - 1) * sh
         px[:, 2, :, 1] += (k - 1) * sw
-    return px
+    return px if intervals else px[..., 0].contiguous()

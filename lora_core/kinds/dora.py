@@ -20,10 +20,12 @@ def dora_delta(base: torch.Tensor, delta: torch.Tensor, dora: DoraMagnitude) -> 
     merged = base + delta
     if dora.axis == "out":
         dims = tuple(range(1, merged.dim()))
-        norm = merged.norm(dim=dims, keepdim=True) if dims else merged.abs()
+        norm = torch.linalg.vector_norm(merged, dim=dims, keepdim=True) if dims else merged.abs()
         m = dora.magnitude.float().reshape(-1, *([1] * (merged.dim() - 1)))
     else:
         dims = (0,) + tuple(range(2, merged.dim()))
-        norm = merged.norm(dim=dims, keepdim=True)
+        norm = torch.linalg.vector_norm(merged, dim=dims, keepdim=True)
         m = dora.magnitude.float().reshape(1, -1, *([1] * (merged.dim() - 2)))
+    # A zero row/column of W + ΔW stays zero instead of turning into NaN.
+    norm = norm.clamp_min(torch.finfo(norm.dtype).tiny)
     return merged * (m / norm) - base

@@ -29,6 +29,8 @@ def delta_weight(weights: GloraWeights, base: torch.Tensor) -> torch.Tensor:
     if b1.shape[0] * b2.shape[1] != base.numel() or b1.shape[1] != b2.shape[0]:
         raise ShapeMismatchError(f"GLoRA b1 {tuple(b1.shape)} / b2 {tuple(b2.shape)} do not fit the "
                                  f"weight {tuple(base.shape)}", fix="the LoRA was made for another model")
-    mix = a1 @ a2  # (in, in)
-    weight_term = torch.einsum("oi...,ij->oj...", base, mix)
+    # (W·a1)·a2, never a1·a2 first: that (in, in) product costs in² memory and
+    # out·in² time, the chained form out·in·r.
+    narrow = torch.einsum("oi...,ir->or...", base, a1)
+    weight_term = torch.einsum("or...,rj->oj...", narrow, a2)
     return weight_term + (b1 @ b2).reshape(base.shape)

@@ -1,7 +1,7 @@
 """Plain LoRA / LoCon (with Tucker ``lora_mid``).
 
     ΔW = up · down                       (linear; conv flattened over kernel dims)
-    ΔW = einsum(up, mid, down)           (Tucker conv: up (o,r), mid (r,r,kh,kw), down (r,i))
+    ΔW = einsum(up, mid, down)           (Tucker conv: up (o,r), mid (r,r,k…), down (r,i))
     side path: h(x) = up(down(x))        (down runs as the conv with the layer's stride/padding)
 """
 from __future__ import annotations
@@ -21,8 +21,9 @@ def factors(weights: LoraWeights, shape: torch.Size | tuple[int, ...]) -> tuple[
     down = weights.down.float()
     if weights.mid is not None:
         mid = weights.mid.float()
-        down2 = down.flatten(1)  # (r, in) from (r, in, 1, 1)
-        a = torch.einsum("abhw,bi->aihw", mid, down2).flatten(1)
+        down2 = down.flatten(1)  # (r, in) from (r, in, 1, …)
+        # ΔW[o,i,k…] = Σ_ab up[o,a]·mid[a,b,k…]·down[b,i]; any number of kernel dims.
+        a = torch.einsum("ab...,bi->ai...", mid, down2).flatten(1)
     else:
         a = down.flatten(1)
     return up, a

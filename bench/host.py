@@ -1,0 +1,237 @@
+"""Host benchmark: a slider change inside ComfyUI's ModelPatcher, ours vs core.
+
+Drives a real ComfyUI in-process (no server): an SDXL-sized stack of 100
+``Linear(1280, 1280)`` fp16 layers wrapped in ``ModelPatcher``, LoRAs of rank
+8/16/32/64 on every layer (kohya files on disk).
+
+Measured, as wall time from the re-executed loader node(s) to the weights
+being ready for the first sampling step (node execution + ``load_models_gpu``,
+which unpatches and re-patches every key) plus one forward:
+
+* one LoRA, strength change — ours (PatchbayLoraLoader) vs core (comfy.lora
+  patches, as LoraLoader builds them);
+* a stack of 4 LoRAs, the third one's strength changes — ours (4 chained
+  PatchbayLoraLoader) vs core (4 chained loaders; loaders 3 and 4 re-run);
+* the same change reverted (ours serves unchanged ΔW sums from its cache);
+* bypass mode: per-step forward cost vs merged, and the slider change cost;
+* strength 0: the node returns its input (no clone, nothing to load).
+
+Usage: python bench/host.py [--comfy ~/ComfyUI] [--layers 100] [--repeat 3]
+Prints ratios and a final JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RANKS = (8, 16, 32, 64)
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--comfy", default=os.path.expanduser(os.environ.get("COMFYUI_DIR", "~/ComfyUI")))
+    ap.add_argument("--layers", type=int, default=100)
+    ap.add_argument("--dim", type=int, default=1280)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=256, help="tokens per forward (bypass step cost)")
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args()
+    sys.path.insert(0, args.comfy)
+    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    import torch
+    import folder_paths
+    import comfy.lora
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.utils
+    sys.argv = argv
+    from safetensors.torch import save_file
+
+    spec = importlib.util.spec_from_file_location("lora-patchbay", os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["lora-patchbay"] = pack
+    spec.loader.exec_module(pack)
+    host = sys.modules["lora-patchbay.nodes.host"]
+    Loader = pack.NODE_CLASS_MAPPINGS["PatchbayLoraLoader"]
+
+    n, dim = args.layers, args.dim
+    tmp = tempfile.mkdtemp(prefix="patchbay-bench-host-")
+    folder_paths.folder_names_and_paths["loras"] = ([tmp], {".safetensors"})
+    g = torch.Generator().manual_seed(0)
+    names = []
+    for r in RANKS:
+        sd = {}
+        for i in range(n):
+            k = f"lora_unet_blocks_{i}"
+            sd[f"{k}.lora_up.weight"] = (torch.randn(dim, r, generator=g) * 0.02).half()
+            sd[f"{k}.lora_down.weight"] = (torch.randn(r, dim, generator=g) * 0.02).half()
+            sd[f"{k}.alpha"] = torch.tensor(float(r))
+        name = f"r{r}.safetensors"
+        save_file(sd, os.path.join(tmp, name))
+        names.append(name)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.diffusion_model = torch.nn.Module()
+            self.diffusion_model.blocks = torch.nn.ModuleList(
+                [torch.nn.Linear(dim, dim, bias=False) for _ in range(n)])
+
+        def forward(self, x):
+            for b in self.diffusion_model.blocks:
+                x = b(x)
+            return x
+
+    with torch.no_grad():
+        net = Net().half()
+        for b in net.diffusion_model.blocks:
+            b.weight.normal_(0, dim ** -0.5)
+    cpu = torch.device("cpu")
+    base = comfy.model_patcher.ModelPatcher(net, cpu, cpu)
+    base_sd = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(args.tokens, dim, generator=g).half()
+    key_map = {f"lora_unet_blocks_{i}": f"diffusion_model.blocks.{i}.weight" for i in range(n)}
+    core_files = {}
+
+    def core_loader(patcher, name, strength):
+        # What LoraLoader does per execution: file from its instance cache,
+        # key map + load_lora + clone + add_patches.
+        sd = core_files.get(name)
+        if sd is None:
+            sd = core_files[name] = comfy.utils.load_torch_file(os.path.join(tmp, name), safe_load=True)
+        out = patcher.clone()
+        out.add_patches(comfy.lora.load_lora(sd, dict(key_map), log_missing=False), strength)
+        return out
+
+    def ours_loader(patcher, name, strength, mode="merge"):
+        return Loader().load(patcher, name, strength, 0.0, True, mode)[0]
+
+    def first_step(patcher):
+        mm.load_models_gpu([patcher], force_full_load=True)
+        with torch.no_grad():
+            patcher.model(x[:8])
+
+    def chain(loader, prefix, names_, strengths, **kw):
+        # prefix: the cached upstream outputs; only the rest re-executes
+        p = prefix
+        for nm, s in zip(names_, strengths):
+            p = loader(p, nm, s, **kw)
+        return p
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+
+    def slider_bench(loader, names_, changed, **kw):
+        """Median seconds of: re-run loaders from ``changed`` on + load + one forward."""
+        s0 = [0.8] * len(names_)
+        upstream = chain(loader, base, names_[:changed], s0[:changed], **kw)
+        first_step(chain(loader, upstream, names_[changed:], s0[changed:], **kw))  # warm: patched once
+        times = []
+        for rep in range(args.repeat):
+            s = list(s0)
+            s[changed] = 0.8 + 0.01 * (rep + 1)
+            t, _ = timed(lambda: first_step(chain(loader, upstream, names_[changed:], s[changed:], **kw)))
+            times.append(t)
+        return statistics.median(times)
+
+    def revert_bench(loader, names_, changed, **kw):
+        """Slider moved then moved back: the second change re-uses cached ΔW sums (ours)."""
+        s0 = [0.8] * len(names_)
+        upstream = chain(loader, base, names_[:changed], s0[:changed], **kw)
+        first_step(chain(loader, upstream, names_[changed:], s0[changed:], **kw))
+        s1 = list(s0)
+        s1[changed] = 0.9
+        first_step(chain(loader, upstream, names_[changed:], s1[changed:], **kw))
+        t, _ = timed(lambda: first_step(chain(loader, upstream, names_[changed:], s0[changed:], **kw)))
+        return t
+
+    def check_same_as_core(names_, strengths):
+        ours = chain(ours_loader, base, names_, strengths)
+        core = chain(core_loader, base, names_, strengths)
+        first_step(ours)
+        wo = {k: v.float().clone() for k, v in net.state_dict().items()}
+        first_step(core)
+        err = 0.0
+        for k, v in net.state_dict().items():
+            d = (v.float() - base_sd[k].float()).abs().max().item()
+            err = max(err, (wo[k] - v.float()).abs().max().item() / max(d, 1e-12))
+        return err
+
+    def forward_time(patcher):
+        first_step(patcher)
+        with torch.no_grad():
+            patcher.model(x)
+            ts = []
+            for _ in range(max(3, args.repeat)):
+                t0 = time.perf_counter()
+                patcher.model(x)
+                ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    results = {"layers": n, "dim": dim, "ranks": list(RANKS), "host": ".".join(map(str, host.HOST_VERSION))}
+    print(f"ComfyUI {results['host']} at {args.comfy}; {n} × Linear({dim},{dim}) fp16; ranks {RANKS}")
+    results["max_rel_err_vs_core"] = check_same_as_core(names, [0.8, -0.5, 1.1, 0.6])
+    print(f"weights vs core LoraLoader chain: max |ours−core| / max|ΔW| = {results['max_rel_err_vs_core']:.2e}")
+
+    one = [names[-1]]
+    results["one_core_s"] = slider_bench(core_loader, one, 0)
+    results["one_ours_s"] = slider_bench(ours_loader, one, 0)
+    results["one_speedup"] = results["one_core_s"] / results["one_ours_s"]
+    print(f"one LoRA (r64) slider change → first step: core {results['one_core_s']*1e3:.0f} ms, "
+          f"ours {results['one_ours_s']*1e3:.0f} ms  ({results['one_speedup']:.2f}×)")
+
+    results["stack_core_s"] = slider_bench(core_loader, names, 2)
+    results["stack_ours_s"] = slider_bench(ours_loader, names, 2)
+    results["stack_speedup"] = results["stack_core_s"] / results["stack_ours_s"]
+    print(f"stack of 4, third slider → first step: core {results['stack_core_s']*1e3:.0f} ms, "
+          f"ours {results['stack_ours_s']*1e3:.0f} ms  ({results['stack_speedup']:.2f}×)")
+
+    results["revert_core_s"] = revert_bench(core_loader, names, 2)
+    results["revert_ours_s"] = revert_bench(ours_loader, names, 2)
+    results["revert_speedup"] = results["revert_core_s"] / results["revert_ours_s"]
+    print(f"stack of 4, slider moved back (cached ΔW) → first step: core {results['revert_core_s']*1e3:.0f} ms, "
+          f"ours {results['revert_ours_s']*1e3:.0f} ms  ({results['revert_speedup']:.2f}×)")
+
+    results["bypass_slider_s"] = slider_bench(ours_loader, names, 2, mode="bypass")
+    print(f"stack of 4 in bypass, third slider → first step: {results['bypass_slider_s']*1e3:.0f} ms "
+          f"({results['stack_core_s'] / results['bypass_slider_s']:.2f}× faster than core merge)")
+    merged = chain(ours_loader, base, names, [0.8] * 4)
+    bypass = chain(ours_loader, base, names, [0.8] * 4, mode="bypass")
+    results["step_merged_s"] = forward_time(merged)
+    results["step_bypass_s"] = forward_time(bypass)
+    results["bypass_step_overhead"] = results["step_bypass_s"] / results["step_merged_s"]
+    print(f"per-step forward ({args.tokens} tokens): merged {results['step_merged_s']*1e3:.1f} ms, "
+          f"bypass (4 LoRAs, rank 120) {results['step_bypass_s']*1e3:.1f} ms "
+          f"({results['bypass_step_overhead']:.2f}×)")
+
+    first_step(base)
+    t0 = time.perf_counter()
+    out = ours_loader(base, names[0], 0.0)
+    first_step(out)
+    results["strength0_s"] = time.perf_counter() - t0
+    results["strength0_identity"] = out is base
+    print(f"strength 0: returns its input: {out is base}; node + first step {results['strength0_s']*1e3:.1f} ms")
+
+    ok = results["stack_speedup"] >= 3.0
+    results["target_3x_met"] = ok
+    print(f"target ≥3× on the stack slider change: {'met' if ok else 'NOT met'}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""A model's parameter names, grouped into modules and components.
+
+``model_shapes`` arrives in any naming (ComfyUI's ``diffusion_model.…``, a full
+checkpoint's ``model.diffusion_model.…`` / ``cond_stage_model.…``, ComfyUI text
+encoders ``clip_l.transformer.…``, a diffusers folder, a bare module).  Here
+each parameter key is split into
+
+* a **container** prefix that only says where the weights live
+  (``diffusion_model.``, ``clip_g.transformer.``, …) and a **path** inside it;
+* a **module** (the path without ``.weight`` / ``.bias`` / ``.scale``), which
+  is what LoRA files name.
+
+Each module belongs to a **component**: ``"diffusion"`` (the denoiser), a
+text encoder identified as ``clip_l``/``clip_g``/``clip_h``/``t5`` (or
+``text_encoder`` when unknown), or ``"other"`` (VAE, schedules), which only
+answers to its exact name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+DIFFUSION = "diffusion"
+TEXT_ENCODER = "text_encoder"
+OTHER = "other"
+TE_IDENTITIES = ("clip_l", "clip_g", "clip_h", "t5")
+
+# (container prefix, component or text-encoder identity); longest prefixes first
+# at lookup time.  None = decide the identity from the path and the shapes.
+CONTAINERS: tuple[tuple[str, Optional[str]], ...] = (
+    ("model.diffusion_model.", DIFFUSION),
+    ("diffusion_model.", DIFFUSION),
+    ("model.", DIFFUSION),  # some DiT checkpoints: model.blocks.0…
+    ("unet.", DIFFUSION),  # sd-mecha's kohya SDXL naming
+    ("transformer.", DIFFUSION),
+    ("cond_stage_model.transformer.", "clip_l"),
+    ("conditioner.embedders.0.transformer.", "clip_l"),
+    ("text_encoders.clip_l.transformer.", "clip_l"),
+    ("text_encoders.clip_g.transformer.", "clip_g"),
+    ("text_encoders.clip_h.transformer.", "clip_h"),
+    ("text_encoders.t5xxl.transformer.", "t5"),
+    ("text_encoders.t5base.transformer.", "t5"),
+    ("clip_l.transformer.", "clip_l"),
+    ("clip_g.transformer.", "clip_g"),
+    ("clip_h.transformer.", "clip_h"),
+    ("t5xxl.transformer.", "t5"),
+    ("t5base.transformer.", "t5"),
+    ("te1.", "clip_l"), ("te2.", "clip_g"), ("te.", None),
+    ("text_encoder.", None), ("text_encoder_2.", None), ("text_encoder_3.", None),
+    ("text_encoders.", TEXT_ENCODER),
+    ("first_stage_model.", OTHER), ("vae.", OTHER), ("conditioner.", OTHER),
+    ("cond_stage_model.", OTHER),
+)
+_CONTAINERS_BY_LENGTH = sorted(CONTAINERS, key=lambda c: len(c[0]), reverse=True)
+# A container prefix only counts when what follows looks like the component.
+_TE_PATH_STARTS = ("text_model.", "encoder.", "text_projection", "shared.", "embeddings.",
+                   "final_layer_norm")
+# Parameter suffixes that name a module's weight (first match wins).
+WEIGHT_SUFFIXES = (".weight", ".scale")
+BIAS_SUFFIX = ".bias"
+
+
+@dataclass
+class Module:
+    """One patchable module: its weight (and bias) keys and shapes."""
+    name: str  # full module name in the model's own spelling (container included)
+    path: str  # name without the container
+    component: str
+    weight_key: Optional[str] = None
+    weight_shape: Optional[tuple[int, ...]] = None
+    bias_key: Optional[str] = None
+    bias_shape: Optional[tuple[int, ...]] = None
+
+
+@dataclass
+class ModelIndex:
+    modules: dict[str, Module]  # full name → module
+    by_component: dict[str, dict[str, Module]] = field(default_factory=dict)  # component → path → module
+
+    def component(self, name: str) -> dict[str, Module]:
+        return self.by_component.get(name, {})
+
+    @property
+    def text_encoders(self) -> list[str]:
+        return [c for c in self.by_component if c not in (DIFFUSION, OTHER)]
+
+    @property
+    def has_diffusion(self) -> bool:
+        return bool(self.by_component.get(DIFFUSION))
+
+
+def _split_param(key: str) -> tuple[str, str]:
+    """(module, role) with role "weight", "bias" or "param" (the key is its own module)."""
+    if key.endswith(BIAS_SUFFIX):
+        return key[: -len(BIAS_SUFFIX)], "bias"
+    for s in WEIGHT_SUFFIXES:
+        if key.endswith(s):
+            return key[: -len(s)], "weight"
+    return key, "param"
+
+
+def _split_container(module: str) -> tuple[str, Optional[str], str]:
+    """(container, component-or-identity, path)."""
+    for prefix, comp in _CONTAINERS_BY_LENGTH:
+        if module.startswith(prefix) and len(module) > len(prefix):
+            path = module[len(prefix):]
+            if comp in TE_IDENTITIES or comp is None or comp == TEXT_ENCODER:
+                if comp == TEXT_ENCODER or comp is None:
+                    return prefix, _te_identity_from_path(path), path
+                return prefix, comp, path
+            if comp == DIFFUSION and prefix in ("model.", "transformer.", "unet.") and _looks_te(path):
+                return prefix, _te_identity_from_path(path), path
+            return prefix, comp, path
+    if _looks_te(module):
+        return "", _te_identity_from_path(module), module
+    return "", DIFFUSION, module
+
+
+def _looks_te(path: str) -> bool:
+    return path.startswith(_TE_PATH_STARTS) and (
+        path.startswith("text_model.") or path.startswith("encoder.block.")
+        or path.startswith("text_projection") or path.startswith("shared."))
+
+
+def _te_identity_from_path(path: str) -> str:
+    if path.startswith("encoder.block.") or path.startswith("shared."):
+        return "t5"
+    if path.startswith("text_model.") or path.startswith("text_projection"):
+        return "clip"  # told apart by hidden size below
+    return TEXT_ENCODER
+
+
+_CLIP_BY_HIDDEN = {768: "clip_l", 1024: "clip_h", 1280: "clip_g"}
+
+
+def build_index(model_shapes: Mapping[str, tuple[int, ...]]) -> ModelIndex:
+    modules: dict[str, Module] = {}
+    for key, shape in model_shapes.items():
+        name, role = _split_param(key)
+        mod = modules.get(name)
+        if mod is None:
+            _, comp, path = _split_container(name)
+            mod = modules[name] = Module(name=name, path=path, component=comp or DIFFUSION)
+        shape = tuple(int(s) for s in shape)
+        if role == "bias":
+            mod.bias_key, mod.bias_shape = key, shape
+        elif mod.weight_key is None or role == "weight":
+            mod.weight_key, mod.weight_shape = key, shape
+    # Plain CLIP towers: identity from the hidden size of their final norm or
+    # first layer.
+    clip_hidden: dict[str, int] = {}
+    for m in modules.values():
+        if m.component == "clip" and m.weight_shape and m.path.endswith("layer_norm1"):
+            container = m.name[: len(m.name) - len(m.path)]
+            clip_hidden.setdefault(container, m.weight_shape[0])
+    by_component: dict[str, dict[str, Module]] = {}
+    for m in modules.values():
+        if m.component == "clip":
+            container = m.name[: len(m.name) - len(m.path)]
+            m.component = _CLIP_BY_HIDDEN.get(clip_hidden.get(container, 0), "clip_l")
+        by_component.setdefault(m.component, {})[m.path] = m
+    return ModelIndex(modules=modules, by_component=by_component)

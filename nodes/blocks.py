@@ -1,0 +1,122 @@
+"""PatchbayLoraBlockWeights: per-block multipliers for one stack row.
+
+The node only edits the stack (a frozen value): the loader multiplies the
+row's strength by ``lora_core.blocks.block_multiplier`` for every parameter
+it patches.  Also home of the small helpers the stack-editing nodes share
+(accepting community LORA_STACK lists, picking a row).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..lora_core.blocks import LAYOUT_NAMES, PRESETS, format_block_weights, parse_block_weights
+from ..lora_core.errors import StackError
+from ..lora_core.stack import LoraStack, StackEntry, parse_rows
+
+CATEGORY = "loaders/LoRA Patchbay"
+CUSTOM = "custom (use block_vector)"
+
+
+def as_stack(value: Any) -> LoraStack:
+    """Our LoraStack, or a community LORA_STACK (list of (name, model, clip) tuples) / rows."""
+    if isinstance(value, LoraStack):
+        return value
+    if value is None:
+        return LoraStack()
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (list, tuple)) for v in value):
+        entries = []
+        for i, item in enumerate(value):
+            if len(item) < 2:
+                raise StackError(f"LORA_STACK item {i + 1} needs at least (name, strength)")
+            name = str(item[0])
+            if not name or name == "None":
+                continue
+            m = float(item[1])
+            c = float(item[2]) if len(item) > 2 else m
+            entries.append(StackEntry(lora=name, strength_model=m, strength_clip=c))
+        return LoraStack(tuple(entries))
+    return parse_rows(value)
+
+
+def _stem(name: str) -> str:
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[0] if "." in base else base
+
+
+def row_index(stack: LoraStack, row: int, lora_name: str = "") -> int:
+    """0-based index of the row to edit: by LoRA name when given, else by 1-based number."""
+    if not stack.entries:
+        raise StackError("the LoRA stack is empty", fix="connect a stack with at least one row")
+    name = (lora_name or "").strip()
+    if name:
+        for i, e in enumerate(stack.entries):
+            if e.lora == name:
+                return i
+        for i, e in enumerate(stack.entries):
+            if _stem(e.lora).lower() == _stem(name).lower():
+                return i
+        listed = ", ".join(e.lora for e in stack.entries)
+        raise StackError(f"no row of the stack uses LoRA {name!r} (rows: {listed})",
+                         fix="type the LoRA name as it appears in the stack, or clear lora_name and use row")
+    if not 1 <= int(row) <= len(stack.entries):
+        raise StackError(f"row {row} does not exist; the stack has {len(stack.entries)} row(s)",
+                         fix=f"pick a row between 1 and {len(stack.entries)}")
+    return int(row) - 1
+
+
+def row_inputs() -> dict:
+    return {
+        "row": ("INT", {"default": 1, "min": 1, "max": 999,
+                        "tooltip": "Which stack row to change, counting from 1 (ignored when lora_name is set)."}),
+        "lora_name": ("STRING", {"default": "", "tooltip":
+                                 "Optional: pick the row by its LoRA name instead of its number "
+                                 "(exact name or file name without extension)."}),
+    }
+
+
+class PatchbayLoraBlockWeights:
+    """Set per-block multipliers on one row of a LoRA stack."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LORA_STACK", "STRING")
+    RETURN_NAMES = ("lora_stack", "block_weights")
+    OUTPUT_TOOLTIPS = ("The stack with the row's block weights set.",
+                       "The block weights as rules (default=…, in4=…), one canonical text.")
+    FUNCTION = "execute"
+    DESCRIPTION = (
+        "Per-block weights for one LoRA in a stack: each value multiplies the row's strength for the "
+        "parameters of that block (it never replaces alpha). Write an LBW-style vector (element 0 = BASE; "
+        "17 values for SD1.5, 12 for SDXL, 58 for Flux, 41 for Wan 14B, 49 for LTX-2), or rules such as "
+        "'default=1, double=1, single0-10=0.5, blocks20-39=0' with the model's own 0-based block numbers, "
+        "or pick a preset. Text encoders and layers outside the blocks take BASE.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        lengths = ", ".join(f"{n} {LAYOUT_NAMES[n]}" for n in sorted(LAYOUT_NAMES))
+        return {
+            "required": {
+                "lora_stack": ("LORA_STACK", {"tooltip": "The stack to change (from LoRA Stack or another stack node)."}),
+                **row_inputs(),
+                "preset": ([CUSTOM] + list(PRESETS), {"default": CUSTOM, "tooltip":
+                           "A named preset; 'custom' uses the block_vector text."}),
+                "block_vector": ("STRING", {"default": "", "multiline": True, "tooltip":
+                                 "Vector '1,0,0.5,…' (element 0 = BASE; lengths: " + lengths + ") or rules "
+                                 "'default=0, base=1, in=1, out3-5=0.2, double=1, single0-10=0.5, blocks20-39=0'. "
+                                 "Empty clears the row's block weights."}),
+                "A": ("FLOAT", {"default": 4.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                "tooltip": "Value of the letter A in a vector (a = A/2)."}),
+                "B": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                "tooltip": "Value of the letter B in a vector (b = B/2)."}),
+            },
+        }
+
+    def execute(self, lora_stack, row, lora_name, preset, block_vector, A, B):
+        stack = as_stack(lora_stack)
+        index = row_index(stack, row, lora_name)
+        text = block_vector if preset == CUSTOM else preset
+        spec = parse_block_weights(text, a=float(A), b=float(B))
+        return stack.with_entry(index, block_weights=spec), format_block_weights(spec)
+
+
+NODE_CLASS_MAPPINGS = {"PatchbayLoraBlockWeights": PatchbayLoraBlockWeights}
+NODE_DISPLAY_NAME_MAPPINGS = {"PatchbayLoraBlockWeights": "LoRA Block Weights"}

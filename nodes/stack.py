@@ -1,0 +1,150 @@
+"""PatchbayLoraStack (rows → LORA_STACK) and PatchbayApplyLoraStack.
+
+All rows live in ONE multiline ``rows`` widget holding JSON
+``[{"on": true, "lora": "x.safetensors", "strength": 1.0, "strength_clip": 1.0,
+"iclora": false, "hash": "…"}]``, so workflow JSON and API prompts carry them
+plainly and 30 rows never become hundreds of widgets.  A1111 tags
+``<lora:name:strength[:clip]>`` (one or more per line) are accepted too.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..lora_core.errors import StackError
+from ..lora_core.stack import LoraStack, StackEntry, parse_rows
+from . import files
+from .loaders import CATEGORY, MODE_TOOLTIP, apply_stack, lora_tag
+from . import host
+
+LORA_TAG = re.compile(r"<lora:([^:>]+):([^:>]+)(?::([^:>]+))?>", re.IGNORECASE)
+ROWS_EXAMPLE = '[{"on": true, "lora": "example.safetensors", "strength": 1.0, "strength_clip": 1.0}]'
+
+
+def parse_stack_text(text: str) -> LoraStack:
+    """JSON rows, or A1111 ``<lora:name:strength[:clip]>`` tags."""
+    stripped = (text or "").strip()
+    if not stripped or stripped[0] in "[{":
+        return parse_rows(stripped)
+    rows = []
+    for m in LORA_TAG.finditer(stripped):
+        name, s, c = m.group(1).strip(), m.group(2), m.group(3)
+        row: dict[str, Any] = {"on": True, "lora": name, "strength": s}
+        if c is not None:
+            row["strength_clip"] = c
+        rows.append(row)
+    if not rows:
+        raise StackError("stack rows are neither JSON rows nor <lora:name:strength> tags",
+                         fix=f"write rows as {ROWS_EXAMPLE}")
+    return parse_rows(rows)
+
+
+def as_stack(value) -> LoraStack:
+    """A LORA_STACK from us, or the (name, model, clip) tuple list other packs pass around."""
+    if value is None:
+        return LoraStack()
+    if isinstance(value, LoraStack):
+        return value
+    if isinstance(value, (list, tuple)):
+        entries = []
+        for item in value:
+            if isinstance(item, StackEntry):
+                entries.append(item)
+            elif isinstance(item, (list, tuple)) and len(item) >= 2:
+                clip = float(item[2]) if len(item) > 2 else float(item[1])
+                entries.append(StackEntry(lora=str(item[0]), strength_model=float(item[1]), strength_clip=clip))
+            else:
+                raise StackError(f"LORA_STACK item {item!r} is not (name, strength[, clip strength])")
+        return LoraStack(tuple(entries))
+    raise StackError(f"LORA_STACK input of type {type(value).__name__} is not a LoRA stack")
+
+
+def stack_errors(stack: LoraStack) -> list[str]:
+    errs = []
+    for i, e in enumerate(stack.entries):
+        if not e.enabled:
+            continue
+        err = files.validation_error(e.lora, e.file_hash, index=i)
+        if err:
+            errs.append(err)
+    return errs
+
+
+class PatchbayLoraStack:
+    DESCRIPTION = ("A list of LoRAs with per-row on/off and model/CLIP strengths, kept in one text widget "
+                   "(JSON rows, or <lora:name:strength> tags pasted from A1111). Chain stacks through "
+                   "'stack'; feed the result to Apply LoRA Stack.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = ("LORA_STACK",)
+    RETURN_NAMES = ("stack",)
+    OUTPUT_TOOLTIPS = ("The incoming stack followed by these rows.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "rows": ("STRING", {"multiline": True, "default": "[]",
+                                    "tooltip": "The rows, as JSON: " + ROWS_EXAMPLE + ". 'on' toggles a row, "
+                                               "'strength_clip' defaults to 'strength', 'hash' (sha256) finds "
+                                               "a renamed or moved file. <lora:name:strength[:clip]> tags work too."}),
+            },
+            "optional": {
+                "stack": ("LORA_STACK", {"tooltip": "Optional stack to extend (its rows come first)."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, rows, **kwargs):
+        try:
+            stack = parse_stack_text(rows)
+        except StackError as e:
+            return str(e)
+        errs = stack_errors(stack)
+        return True if not errs else "; ".join(errs)
+
+    def build(self, rows, stack=None):
+        return (as_stack(stack) + parse_stack_text(rows),)
+
+
+class PatchbayApplyLoraStack:
+    DESCRIPTION = ("Applies a LORA_STACK to a model and (optionally) its text encoder in one step: every LoRA "
+                   "on a weight is added in one fused computation against the original weight. Also outputs "
+                   "the applied LoRAs as <lora:name:strength> text and the trigger words stored in the files.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING", "STRING")
+    RETURN_NAMES = ("model", "clip", "lora_text", "trigger_words")
+    OUTPUT_TOOLTIPS = ("The model with the stack applied.",
+                       "The text encoder with the stack applied (None if no CLIP was connected).",
+                       "The applied LoRAs as <lora:name:strength> tags.",
+                       "Trigger words of the enabled LoRAs, from their file metadata, comma-separated.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model the stack is applied to."}),
+                "stack": ("LORA_STACK", {"tooltip": "The LoRAs to apply (from LoRA Stack)."}),
+                "mode": (list(host.MODES), {"default": "merge", "tooltip": MODE_TOOLTIP}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "Optional text encoder; leave unconnected for model-only use."}),
+            },
+        }
+
+    def apply(self, model, stack, mode, clip=None):
+        stack = as_stack(stack)
+        out_model, out_clip, applied = apply_stack(model, clip, stack, mode)
+        text = " ".join(lora_tag(n, s, c if clip is not None else None) for n, s, c in applied.names)
+        return (out_model, out_clip, text, ", ".join(applied.trigger_words))
+
+
+NODE_CLASS_MAPPINGS = {
+    "PatchbayLoraStack": PatchbayLoraStack,
+    "PatchbayApplyLoraStack": PatchbayApplyLoraStack,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "PatchbayLoraStack": "LoRA Stack",
+    "PatchbayApplyLoraStack": "Apply LoRA Stack",
+}

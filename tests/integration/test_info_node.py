@@ -1,0 +1,102 @@
+"""LoRA Info in a real ComfyUI: the text it shows (ui) and returns, with and
+without a model, against the tiny SD1.5 UNet of the harness."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfy_harness import Graph
+
+RANK = 4
+ALPHA = 2.0
+# Attention projections of the harness's tiny SD1.5 UNet (320 channels, context 768).
+TARGETS = {
+    "input_blocks.1.1.transformer_blocks.0.attn1.to_q": (320, 320),
+    "input_blocks.1.1.transformer_blocks.0.attn2.to_k": (320, 768),
+    "middle_block.1.transformer_blocks.0.attn1.to_v": (320, 320),
+    "output_blocks.1.1.transformer_blocks.0.attn2.to_v": (320, 768),
+}
+UNKNOWN = "input_blocks.7.1.transformer_blocks.0.attn1.to_q"  # a block the tiny UNet does not have
+WRONG_SHAPE = ("output_blocks.0.1.transformer_blocks.0.attn1.to_k", (320, 100))
+TRIGGERS = {"ds": {"patchbay_token": 12, "blue hair": 3}}
+
+
+def write_tiny_sd15_lora(path: Path) -> Path:
+    """A kohya LoRA for the tiny SD1.5 UNet: 4 modules that fit, 1 unknown, 1 of the wrong shape."""
+    import json
+    g = torch.Generator().manual_seed(11)
+    tensors = {}
+    items = list(TARGETS.items()) + [(UNKNOWN, (320, 320)), WRONG_SHAPE]
+    for module, (out_f, in_f) in items:
+        key = "lora_unet_" + module.replace(".", "_")
+        tensors[key + ".lora_down.weight"] = torch.randn(RANK, in_f, generator=g) * 0.01
+        tensors[key + ".lora_up.weight"] = torch.randn(out_f, RANK, generator=g) * 0.01
+        tensors[key + ".alpha"] = torch.tensor(ALPHA)
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(RANK), "ss_network_alpha": str(ALPHA),
+            "ss_base_model_version": "sd_v1", "ss_tag_frequency": json.dumps(TRIGGERS),
+            "ss_output_name": "patchbay tiny"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_file(tmp_path_factory) -> Path:
+    return write_tiny_sd15_lora(tmp_path_factory.mktemp("info-lora") / "patchbay_tiny_sd15.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(comfy, tiny_lora_file) -> str:
+    return comfy.add_model("loras", tiny_lora_file, "patchbay/patchbay_tiny_sd15.safetensors")
+
+
+def _info(comfy, g: Graph, node_id: str) -> str:
+    res = comfy.client.queue(g)
+    text = res.ui(node_id, "text")
+    assert isinstance(text, list) and len(text) == 1, res.outputs
+    return text[0]
+
+
+def test_node_registered_with_tooltips(comfy):
+    info = comfy.client.object_info("PatchbayLoraInfo")
+    assert info["display_name"] == "LoRA Info"
+    assert info["category"] == "loaders/LoRA Patchbay"
+    assert info["description"] and info["output_node"] is True
+    for section in ("required", "optional"):
+        for name, spec in info["input"][section].items():
+            assert spec[1].get("tooltip"), f"{name} has no tooltip"
+    for node_id in ("PatchbayLoraBlockWeights", "PatchbayLoraSchedule"):
+        other = comfy.client.object_info(node_id)
+        assert other["description"] and other["category"] == "loaders/LoRA Patchbay"
+        assert all(spec[1].get("tooltip") for spec in other["input"]["required"].values()), node_id
+
+
+def test_info_without_model(comfy, tiny_lora, tiny_lora_file):
+    g = Graph()
+    n = g.node("PatchbayLoraInfo", lora_name=tiny_lora)
+    text = _info(comfy, g, n.id)
+    sha = hashlib.sha256(tiny_lora_file.read_bytes()).hexdigest()
+    assert f"sha256: {sha}" in text
+    assert "patchbay_token" in text and "blue hair" in text
+    assert text.index("patchbay_token") < text.index("blue hair")  # most frequent first
+    assert f"ranks: {RANK}" in text and f"alphas: {ALPHA:g}" in text
+    assert "sd1" in text  # trained base from ss_base_model_version
+    assert "coverage" not in text
+
+
+def test_info_with_model_reports_coverage(comfy, tiny_lora, tiny_sd15_unet):
+    g = Graph()
+    model = tiny_sd15_unet.load(g)
+    n = g.node("PatchbayLoraInfo", lora_name=tiny_lora, model=model)
+    text = _info(comfy, g, n.id)
+    total = len(TARGETS) + 2
+    assert f"coverage: {len(TARGETS)}/{total} modules applied" in text, text
+    assert "not applied, unknown name: 1" in text, text
+    assert "not applied, shape mismatch: 1" in text, text
+    # The blocks the LoRA touches, in the numbers LoRA Block Weights uses.
+    assert "blocks touched: in 1; mid 1; out 1" in text, text
+    assert "SD1.5" in text

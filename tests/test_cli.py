@@ -1,0 +1,129 @@
+"""The CLI contract: inspect, check and apply on real PEFT files."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj_in = torch.nn.Linear(16, 32)
+        self.mid = torch.nn.Linear(32, 32)
+        self.proj_out = torch.nn.Linear(32, 8)
+
+
+@pytest.fixture(scope="module")
+def peft_case(tmp_path_factory):
+    peft = pytest.importorskip("peft")
+    from peft.utils import get_peft_model_state_dict
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cli")
+    base = TinyNet()
+    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    model_path = folder / "model.safetensors"
+    save_file(base_sd, str(model_path), metadata={"note": "tiny"})
+    cfg = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["proj_in", "mid", "proj_out"],
+                          init_lora_weights=False)
+    fresh = TinyNet()
+    fresh.load_state_dict(base_sd)
+    wrapped = peft.get_peft_model(fresh, cfg)
+    lora_dir = folder / "adapter"
+    wrapped.save_pretrained(str(lora_dir))
+    lora_path = lora_dir / "adapter_model.safetensors"
+    merged = {k: v.detach().clone() for k, v in wrapped.merge_and_unload().state_dict().items()}
+    return model_path, lora_path, merged
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "lora_core", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def test_inspect_json(peft_case):
+    _, lora, _ = peft_case
+    info = json.loads(run("inspect", lora, "--json").stdout)
+    assert info["kinds"] == {"lora": 3}
+    assert info["ranks"] == [4]
+    assert info["scale"]["min"] == pytest.approx(2.0)  # lora_alpha 8 / r 4 from adapter_config.json
+    assert info["hash"]["sha256"] == hashlib.sha256(lora.read_bytes()).hexdigest()
+    assert info["unused"] == []
+
+
+def test_inspect_human(peft_case):
+    _, lora, _ = peft_case
+    out = run("inspect", lora, "--no-hash").stdout
+    assert "ranks:    [4]" in out and "sha256" not in out
+
+
+def test_check_strict_passes_on_the_right_model(peft_case):
+    model, lora, _ = peft_case
+    data = json.loads(run("check", lora, "--model", model, "--json", "--strict").stdout)
+    assert data["matched"] == 3 and data["unmatched"] == 0
+    assert {t["weight"] for t in data["targets"]} == {"proj_in.weight", "mid.weight", "proj_out.weight"}
+
+
+def test_check_strict_fails_on_a_wrong_model(peft_case, tmp_path):
+    _, lora, _ = peft_case
+    other = tmp_path / "other.safetensors"
+    save_file({"encoder.layer.weight": torch.zeros(4, 4)}, str(other))
+    proc = run("check", lora, "--model", other, "--json", "--strict", check=False)
+    assert proc.returncode == 1
+    data = json.loads(proc.stdout)
+    assert data["matched"] == 0 and data["unmatched"] == 3
+    assert {u["reason"] for u in data["unmatched_keys"]} == {"unknown name"}
+
+
+def test_apply_matches_peft_merge_and_is_atomic(peft_case, tmp_path):
+    model, lora, merged = peft_case
+    before = model.read_bytes()
+    out = tmp_path / "merged.safetensors"
+    run("apply", "--model", model, "--lora", f"{lora}:1.0", "--out", out)
+    got = load_file(str(out))
+    assert set(got) == set(merged)
+    for k, v in merged.items():
+        assert got[k].dtype == v.dtype
+        err = (got[k] - v).norm() / v.norm()
+        assert err <= 1e-5, (k, float(err))
+    assert model.read_bytes() == before
+    assert [p for p in os.listdir(tmp_path) if p.startswith(".patchbay-")] == []
+    # existing output refused without --force
+    proc = run("apply", "--model", model, "--lora", lora, "--out", out, check=False)
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    run("apply", "--model", model, "--lora", f"{lora}:0.5", "--out", out, "--force")
+    half = load_file(str(out))
+    base = load_file(str(model))
+    for k in ("mid.weight",):
+        expect = base[k] + 0.5 * (merged[k] - base[k])
+        assert torch.allclose(half[k], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_apply_keeps_dtypes(peft_case, tmp_path):
+    model, lora, merged = peft_case
+    half_model = tmp_path / "fp16.safetensors"
+    save_file({k: v.half() for k, v in load_file(str(model)).items()}, str(half_model))
+    out = tmp_path / "out16.safetensors"
+    run("apply", "--model", half_model, "--lora", lora, "--out", out)
+    got = load_file(str(out))
+    assert all(v.dtype == torch.float16 for v in got.values())
+    assert torch.allclose(got["mid.weight"].float(), merged["mid.weight"], atol=2e-3)
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    proc = run("inspect", bad, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "broken.safetensors" in lines[0]

@@ -244,10 +244,8 @@ def unmatched_rules(spec: BlockWeights, param_keys: Iterable[str], family: Optio
     found = {classify_key(k, family) for k in param_keys}
     found.discard(None)
     missing = []
-    for (sel_text, _), selector in zip(spec.rules, (s for s, _ in _compiled(spec))):
-        if selector[0] == "base":
-            continue
-        if not any(_matches(selector, w) for w in found):
+    for (sel_text, _), (selector, _) in zip(spec.rules, _compiled(spec)):
+        if selector[0] != "base" and not any(_matches(selector, w) for w in found):
             missing.append(sel_text)
     return missing
 
@@ -350,3 +348,7 @@ def _num(value: float) -> str:
 
 def preset_names() -> list[str]:
     return list(PRESETS)
+
+
+# ``nodes/loaders.py`` looks the per-key function up under this name (``fn(spec, key)``).
+multiplier = block_multiplier

@@ -36,7 +36,9 @@ ICLORA_TEMPORAL_KEY = "reference_temporal_scale_factor"
 @dataclass(frozen=True)
 class LoraMetadata:
     trigger_words: tuple[str, ...] = ()
-    trained_base: Optional[str] = None      # "sd1", "sd2", "sdxl", "sd3", "flux", "wan", "ltxv", …
+    # Family names as resolve/family.py spells them where both know one:
+    # "sd1", "sd2", "sdxl", "sd3", "flux", "flux2", "chroma", "wan", "ltxv", "ltx2", "qwen_image", …
+    trained_base: Optional[str] = None
     network_module: Optional[str] = None    # "networks.lora", "lycoris.kohya", "peft", …
     network_dim: Optional[int] = None
     network_alpha: Optional[float] = None
@@ -58,11 +60,12 @@ BASE_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"chroma", "chroma"),
     (r"flux", "flux"),
     (r"(^|[^a-z])wan[-_ ]?2|(^|[^a-z])wan([^a-z]|$)", "wan"),
+    (r"ltx[-_ ]?2(?![0-9.]*b)", "ltx2"),     # LTX-2, not "ltx-video-2b" (LTX-Video 2B)
     (r"ltx", "ltxv"),
     (r"hunyuan[-_ ]?video|hunyuanvideo|framepack", "hunyuan_video"),
     (r"hunyuan", "hunyuan_image"),
     (r"qwen", "qwen_image"),
-    (r"z[-_]?image", "zimage"),
+    (r"z[-_]?image", "z_image"),
     (r"lumina", "lumina2"),
     (r"cascade", "cascade"),
     (r"pixart", "pixart"),

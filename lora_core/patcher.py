@@ -46,9 +46,11 @@ Tensor = torch.Tensor
 FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
 # Row blocks of about 1 MiB of fp32 keep backup, upcast, GEMM update, check
-# and store of a block inside L2; measured 4× faster than whole-layer passes
-# on 1280² weights (bench/patch.py).
+# and store of a block inside a CPU's L2; measured 4× faster than whole-layer
+# passes on 1280² weights (bench/patch.py).  GPUs have no such cliff at this
+# size and pay per launch, so they get larger blocks.
 BLOCK_ELEMENTS = 1 << 18
+BLOCK_ELEMENTS_GPU = 1 << 22
 
 
 @dataclass
@@ -314,6 +316,8 @@ class MergePatcher:
     def _write(self, key: str, contribs: tuple[Contribution, ...], stats: ApplyStats) -> Tensor:
         """Compute and store one parameter; returns a 0-d bool tensor, True if non-finite."""
         param = self.params[key]
+        if param.numel() == 0:
+            return torch.zeros((), dtype=torch.bool, device=param.device)
         backup = self._backups.get(key)
         shape = backup.shape if backup is not None else param.shape
         dtype = backup.dtype if backup is not None else param.dtype
@@ -415,7 +419,8 @@ class MergePatcher:
         cols = param.numel() // rows if rows else 0
         if first:
             backup = self._new_backup(key, param, fill=False)
-        block_rows = max(1, BLOCK_ELEMENTS // max(cols, 1))
+        budget = BLOCK_ELEMENTS if param.device.type == "cpu" else BLOCK_ELEMENTS_GPU
+        block_rows = max(1, budget // max(cols, 1))
         ws = self._workspace(param.device, min(rows, block_rows) * cols)
         data = param.data.view(rows, cols)
         orig = backup.tensor.view(rows, cols) if backup is not None else data  # block read before written

@@ -101,7 +101,9 @@ class PatchbayLoraBlockWeights:
                            "A named preset; 'custom' uses the block_vector text."}),
                 "block_vector": ("STRING", {"default": "", "multiline": True, "tooltip":
                                  "Vector '1,0,0.5,…' (element 0 = BASE; lengths: " + lengths + ") or rules "
-                                 "'default=0, base=1, in=1, out3-5=0.2, double=1, single0-10=0.5, blocks20-39=0'. "
+                                 "'default=0, base=1, in=1, out3-5=0.2, double=1, single0-10=0.5, blocks20-39=0' "
+                                 "where numbers are the model's own 0-based block numbers (input_blocks.4 = in4; "
+                                 "Inspire's %-form counts only the blocks a LoRA has). The last matching rule wins. "
                                  "Empty clears the row's block weights."}),
                 "A": ("FLOAT", {"default": 4.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                 "tooltip": "Value of the letter A in a vector (a = A/2)."}),

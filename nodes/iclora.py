@@ -654,6 +654,7 @@ class PatchbayICLoraPanel:
         samples = vae.encode(canvas)
         mask = panel_noise_mask(lay)
         desc = lay.to_dict()
+        desc["latent_scale"] = lay.canvas_height // samples.shape[-2]
         setattr(samples, PANEL_ATTR, desc)
         latent = {"samples": samples, "noise_mask": mask.reshape(1, 1, *mask.shape), "patchbay_panel": desc}
         return latent, mask.unsqueeze(0), desc
@@ -679,8 +680,9 @@ class PatchbayICLoraCropPanel:
         out_latent = out_image = None
         if latent is not None:
             s = latent["samples"]
-            d = lay.canvas_height // s.shape[-2] if s.shape[-2] else 0
-            if d and s.shape[-1] * d == lay.panel_width and s.shape[-2] * d == lay.panel_height:
+            d = int(panel_crop.get("latent_scale") or 8)
+            if (s.shape[-2] * d, s.shape[-1] * d) == (lay.panel_height, lay.panel_width) and \
+                    (s.shape[-2] * d, s.shape[-1] * d) != (lay.canvas_height, lay.canvas_width):
                 cropped = s  # already cropped by the automatic crop
             else:
                 cropped = crop_panels(s, lay, channels_last=False)

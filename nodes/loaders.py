@@ -39,36 +39,45 @@ class Applied:
     trigger_words: list[str]
 
 
+def _entry_strength(entry: StackEntry, part: str) -> float:
+    s = entry.strength_model if part == "model" else entry.strength_clip
+    if part == "model" and entry.schedule is not None and _constant(entry.schedule):
+        from ..lora_core.schedule import strength_at
+        s *= strength_at(entry.schedule, 0.0)
+    return float(s)
+
+
+def _constant(schedule) -> bool:
+    from ..lora_core.schedule import is_constant
+    return is_constant(schedule)
+
+
+def _scheduled(entry: StackEntry) -> bool:
+    return entry.schedule is not None and not _constant(entry.schedule)
+
+
 def _part_plan(entries: list[tuple[int, StackEntry, LoraFile]], patcher, part: str, bypass_strengths: bool):
     """(plan, strengths, reports) for one part; strengths None in merge mode."""
     plan_entries, reports, strengths = [], [], {}
     for i, entry, lora in entries:
-        s = entry.strength_model if part == "model" else entry.strength_clip
+        s = _entry_strength(entry, part)
         report = host.resolve_for(lora, patcher)
         reports.append((i, entry, report))
-        multiplier = _block_multiplier(entry, part)
+        multiplier = _block_multiplier(entry, report)
         if bypass_strengths:
-            strengths[len(plan_entries)] = float(s)
+            strengths[len(plan_entries)] = s
             plan_entries.append((report, 1.0, multiplier))
         else:
-            plan_entries.append((report, float(s), multiplier))
+            plan_entries.append((report, s, multiplier))
     return build_plan(plan_entries), strengths, reports
 
 
-def _block_multiplier(entry: StackEntry, part: str):
-    """Per-key multiplier from the entry's block weights (lora_core.blocks, when present)."""
-    if entry.block_weights is None or part != "model":
+def _block_multiplier(entry: StackEntry, report: CoverageReport):
+    """Per-key multiplier from the entry's block weights (lora_core.blocks)."""
+    if entry.block_weights is None:
         return None
-    try:
-        from ..lora_core import blocks
-    except ImportError:
-        log.warning("[LoRA Patchbay] block weights ignored: lora_core.blocks is not available")
-        return None
-    fn = getattr(blocks, "multiplier", None) or getattr(blocks, "key_multiplier", None)
-    if fn is None:
-        return None
-    bw = entry.block_weights
-    return lambda key: fn(bw, key)
+    from ..lora_core.blocks import make_multiplier
+    return make_multiplier(entry.block_weights, report.model_family)
 
 
 def _family_error(entry: StackEntry, report: CoverageReport, part: str) -> ModelMismatchError:
@@ -130,9 +139,14 @@ def apply_stack(model, clip, stack: LoraStack, mode: str = "merge"):
     if model_rows:
         plan, _, _ = _part_plan(model_rows, model, "model", False)
         m = _mode_for(mode, model, plan)
+        if m == "merge" and host.HAS_INJECTIONS and any(_scheduled(e) for _, e, _ in model_rows):
+            log.info("[LoRA Patchbay] strength schedules run in bypass mode")
+            m = "bypass"
         if m == "bypass":
             plan, strengths, _ = _part_plan(model_rows, model, "model", True)
             out_model = host.apply_plan(model, plan, "bypass", strengths)
+            if any(_scheduled(e) for _, e, _ in model_rows):
+                _attach_schedules(out_model, model_rows)
         elif plan:
             out_model = host.apply_plan(model, plan, "merge")
     if clip_rows:
@@ -153,6 +167,15 @@ def apply_stack(model, clip, stack: LoraStack, mode: str = "merge"):
     except Exception as ex:  # metadata is a convenience; never fail a run for it
         log.warning("[LoRA Patchbay] trigger words unavailable: %s", ex)
     return out_model, out_clip, Applied(names, words)
+
+
+def _attach_schedules(patcher, rows) -> None:
+    try:
+        from .schedule import attach_schedules
+    except ImportError as e:
+        log.warning("[LoRA Patchbay] strength schedules unavailable (%s); base strengths used", e)
+        return
+    attach_schedules(patcher, [(e.strength_model, e.schedule if _scheduled(e) else None) for _, e, _ in rows])
 
 
 def lora_tag(name: str, strength: float, strength_clip: Optional[float] = None) -> str:

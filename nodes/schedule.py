@@ -85,6 +85,7 @@ class _ScheduleWrapper:
         self.scheduled = scheduled
         self._percent_cache: dict[float, float] = {}
         self.last_percent: Optional[float] = None
+        self._warned: set[int] = set()
 
     def percent(self, model, sigma: float) -> float:
         hit = self._percent_cache.get(sigma)
@@ -97,14 +98,21 @@ class _ScheduleWrapper:
         return hit
 
     def __call__(self, executor, x, t, *args, **kwargs):
+        # A schedule must never break sampling: on any failure the entry keeps its last strength.
         try:
             sigma = float(t.detach().flatten().max()) if hasattr(t, "flatten") else float(t)
             p = self.percent(getattr(executor, "class_obj", None), sigma)
-            self.last_percent = p
-            for entry, (base, schedule) in self.scheduled.items():
-                self.injection.set_strength(entry, base * strength_at(schedule, p))
-        except Exception as e:  # a schedule must never break sampling; it falls back to the base strength
+        except Exception as e:
             log.warning("[LoRA Patchbay] schedule not applied this step: %s", e)
+            return executor(x, t, *args, **kwargs)
+        self.last_percent = p
+        for entry, (base, schedule) in self.scheduled.items():
+            try:
+                self.injection.set_strength(entry, base * strength_at(schedule, p))
+            except Exception as e:  # e.g. an entry whose keys all had to merge
+                if entry not in self._warned:
+                    self._warned.add(entry)
+                    log.warning("[LoRA Patchbay] schedule of entry %d not applied: %s", entry, e)
         return executor(x, t, *args, **kwargs)
 
 

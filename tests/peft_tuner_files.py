@@ -62,6 +62,10 @@ def _configs():
     }
 
 
+# Every config above, in a stable order (parametrize ids).
+VARIANTS = [
+    "oft", "oft_exact", "oft_terms3", "oft_share", "oft_coft", "boft", "boft_conv", "boft_plain",
+    "ia3", "ia3_conv_ff", "loha", "loha_effective", "lokr", "lokr_both", "lokr_effective"]
 
 
 @dataclass
@@ -107,11 +111,6 @@ def module_of(file_module: str) -> str:
     prefix = "base_model.model."
     assert file_module.startswith(prefix), file_module
     return file_module[len(prefix):]
-
-
-VARIANTS = [
-    "oft", "oft_exact", "oft_terms3", "oft_share", "oft_coft", "boft", "boft_conv", "boft_plain", "ia3", "ia3_conv_ff",
-    "loha", "loha_effective", "lokr", "lokr_both", "lokr_effective"]
 
 
 def unsupported_file(kind: str, directory: str) -> str:

@@ -324,3 +324,41 @@ def test_glora_with_dora_scale(wd_on_out, lyco_dir):
     plain = parse_state_dict({k: v for k, v in sd.items() if not k.endswith("dora_scale")}).patches[0]
     ref = _weight_decompose(w0 + delta_weight(plain, w0), mag, 1, wd_on_out)
     assert relative_error(w0 + delta_weight(patch, w0), ref) < 1e-5
+
+
+def test_half_precision_files(lyco_dir):
+    """LyCORIS fp16 saves (fp16 alpha too): ΔW is built in fp32 from the stored values."""
+    import os
+    from safetensors.torch import save_file
+    sd = load_file(generated("lokr_tucker", lyco_dir).path)
+    half = {k: v.half() for k, v in sd.items()}
+    path = os.path.join(lyco_dir, "lokr_tucker_fp16.safetensors")
+    save_file(half, path)
+    p16 = {p.name: p for p in parse_file(path).patches}
+    p32 = {p.name: p for p in parse_state_dict({k: v.float() for k, v in half.items()}).patches}
+    w = torch.randn(64, 32, 3, 3)
+    assert p16["lycoris_conv"].scale == p32["lycoris_conv"].scale == 0.5
+    d16 = delta_weight(p16["lycoris_conv"], w)
+    assert d16.dtype == torch.float32
+    assert relative_error(d16, delta_weight(p32["lycoris_conv"], w)) < 1e-6
+
+
+def test_set_weight_and_reshape():
+    """``set_weight``: ΔW = value − W, so strength 1 replaces W and 0 keeps it;
+    ``reshape_weight`` rides along with any kind."""
+    value = torch.randn(8)
+    base = torch.randn(8)
+    lf = parse_state_dict({"n.set_weight": value})
+    delta = delta_weight(lf.patches[0], base)
+    assert torch.allclose(base + delta, value, atol=1e-6)
+    assert torch.equal(base + 0.0 * delta, base)
+    sd = {"m.hada_w1_a": torch.randn(4, 2), "m.hada_w1_b": torch.randn(2, 6), "m.hada_w2_a": torch.randn(4, 2),
+          "m.hada_w2_b": torch.randn(2, 6), "m.reshape_weight": torch.tensor([4, 6])}
+    lf = parse_state_dict(sd)
+    assert not lf.unused and lf.patches[0].reshape == (4, 6)
+    diff = {"m.diff": torch.randn(4, 6), "m.diff_b": torch.randn(4)}
+    patch = parse_state_dict(diff).patches[0]
+    assert torch.equal(delta_weight(patch, torch.zeros(4, 6)), diff["m.diff"])
+    assert torch.equal(patch.bias, diff["m.diff_b"])
+    bias_only = parse_state_dict({"m.diff_b": torch.randn(4)}).patches[0]
+    assert bias_only.weight is None and bias_only.bias is not None

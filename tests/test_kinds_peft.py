@@ -156,3 +156,18 @@ def test_coft_projection_is_applied(peft_dir):
     w0, _ = gen.originals["fc1"]
     wm, _ = gen.merged["fc1"]
     assert relative_error(delta_weight(off["base_model.model.fc1"], w0), wm - w0) > 0.1
+
+
+@pytest.mark.parametrize("block_size,blocks,factor", [(2, 8, 1), (4, 8, 2), (4, 16, 3), (8, 4, 1), (6, 8, 2),
+                                                      (4, 12, 1), (8, 8, 0)])
+def test_butterfly_permutation_matches_peft(block_size, blocks, factor):
+    """Our index form of PEFT's block-butterfly permutation, stage by stage."""
+    from peft.tuners.boft.layer import BOFTLayer
+    from lora_core.kinds.oft import peft_butterfly_index
+    n = block_size * blocks
+    for i in range(factor + 1):
+        if blocks % (2 ** i):
+            continue
+        ref = BOFTLayer.block_butterfly_perm(None, n, blocks // (2 ** i), block_size // 2, factor)
+        ours = peft_butterfly_index(n, blocks // (2 ** i), block_size // 2, factor)
+        assert torch.equal(ours, torch.as_tensor(ref)), (i, ours, ref)

@@ -335,6 +335,13 @@ def test_fp16_overflow_is_non_finite():
         patcher.apply(build_plan([(report(ResolvedPatch(huge, "a.weight"), file="big"), 1.0, None)]))
     assert e.value.key == "a.weight" and e.value.file == "big"
     _assert_untouched(net, w0, patcher)
+    # the row-block path (plain LoRAs only) checks too
+    loud = ModulePatch(name="loud", weight=LoraWeights(up=torch.full((24, 1), 300.0), down=torch.full((1, 16), 300.0)))
+    with pytest.raises(NonFiniteError) as e:
+        patcher.apply(build_plan([(report(ResolvedPatch(lora_patch(16, 24, 4), "a.weight"),
+                                          ResolvedPatch(loud, "b.weight"), file="loud"), 1.0, None)]))
+    assert e.value.key == "b.weight" and e.value.file == "loud"
+    _assert_untouched(net, w0, patcher)
 
 
 def test_unknown_key_and_integer_parameter_are_refused():

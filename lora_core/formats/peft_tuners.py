@@ -25,6 +25,7 @@ import torch
 
 from ..errors import FormatError
 from ..ir import BoftWeights, Ia3Weights, ModulePatch, OftWeights
+from ..kinds.oft import packed_block_size, skew_from_packed
 from . import ParseContext, register_parser
 from .lora import bias_delta, pattern_value
 
@@ -81,7 +82,6 @@ def _keys(module: str, consumed: set[str]) -> tuple[str, ...]:
 
 def coft_project(packed: torch.Tensor, block_size: int, eps: float) -> torch.Tensor:
     """PEFT's COFT constraint: each skew block's Frobenius norm ≤ eps/√n."""
-    from ..kinds.oft import skew_from_packed
     q = skew_from_packed(packed, block_size)
     bound = eps / (q.shape[0] ** 0.5)
     norm = torch.linalg.norm(q, dim=(1, 2), keepdim=True)
@@ -101,7 +101,6 @@ class PeftOftParser:
         consumed = {suffix}
         if packed.dim() != 2:
             raise _bad(ctx, module, f"oft_R must be (blocks, b(b-1)/2), got {tuple(packed.shape)}")
-        from ..kinds.oft import packed_block_size
         try:
             b = packed_block_size(int(packed.shape[1]))
         except ValueError as e:

@@ -822,7 +822,7 @@ class InstalledModel:
         if self.family == "ltxv":
             return g.node("EmptyLTXVLatentVideo", width=size or 64, height=size or 64,
                           length=1, batch_size=1)[0]
-        return g.node("EmptyLatentImage", width=size or 64, height=size or 64, batch_size=1)[0]
+        return g.node("EmptyLatentImage", width=size or 32, height=size or 32, batch_size=1)[0]
 
     def sample(self, g: Graph, model: list, positive: Optional[list] = None,
                negative: Optional[list] = None, latent: Optional[list] = None,

@@ -437,4 +437,45 @@ def panel_auto_crop_through_loader_wrapper():
     assert out.shape == (1, 4, 4, 8) and torch.equal(out, lat[..., 8:] * 2)
 
 
+@check
+def panel_sampling_returns_target_panel():
+    class FakeImageVAE:
+        downscale_ratio = 8
+
+        def __init__(self):
+            self.proj = torch.randn(4, 3, generator=torch.Generator().manual_seed(3))
+
+        def encode(self, pixels):
+            x = torch.nn.functional.avg_pool2d(pixels[..., :3].movedim(-1, 1), 8)
+            return torch.einsum("oc,bchw->bohw", self.proj, x * 2 - 1)
+
+    unet = comfy.sd.load_diffusion_model_state_dict(tiny_models.sd15_unet_state_dict(seed=2))
+    assert unet is not None
+    from safetensors.torch import save_file
+    d = tempfile.mkdtemp()
+    save_file({"diffusion_model.x.lora_A.weight": torch.zeros(1, 1),
+               "diffusion_model.x.lora_B.weight": torch.zeros(1, 1)}, os.path.join(d, "panel-ic.safetensors"))
+    folder_paths.add_model_folder_path("loras", d)
+    loader = ic.PatchbayICLoraLoader()
+    m_auto, _, _ = loader.execute(unet, "panel-ic.safetensors", 0.0, True, "auto crop")
+    m_manual, _, _ = loader.execute(unet, "panel-ic.safetensors", 0.0, True, "manual crop")
+    g = torch.Generator().manual_seed(4)
+    pos = [[torch.randn(1, 4, 768, generator=g), {}]]
+    neg = [[torch.randn(1, 4, 768, generator=g), {}]]
+    ref = torch.rand(1, 48, 40, 3, generator=g)
+    panel = ic.PatchbayICLoraPanel()
+    for layout, panels, n_targets, canvas in (("side-by-side", 2, 1, (4, 8)), ("top-bottom", 2, 1, (8, 4)),
+                                               ("grid", 4, 3, (8, 8))):
+        lat, mask, desc = panel.execute(FakeImageVAE(), ref, 32, 32, layout, panels, "center")
+        assert tuple(lat["samples"].shape[-2:]) == canvas and mask.shape == (1, canvas[0] * 8, canvas[1] * 8)
+        auto = ksample(m_auto, pos, neg, lat, steps=2)
+        assert auto["samples"].shape == (n_targets, 4, 4, 4), (layout, auto["samples"].shape)
+        full = ksample(m_manual, pos, neg, lat, steps=2)
+        assert tuple(full["samples"].shape[-2:]) == canvas
+        cropped, _ = ic.PatchbayICLoraCropPanel().execute(desc, latent=full)
+        assert torch.equal(cropped["samples"], auto["samples"])
+        again, _ = ic.PatchbayICLoraCropPanel().execute(desc, latent=auto)   # already cropped: pass through
+        assert torch.equal(again["samples"], auto["samples"])
+
+
 json.dump({"comfy": COMFY, "has_dilation": HAS_DILATION, "results": RESULTS}, open(OUT, "w"), indent=1)

@@ -21,6 +21,7 @@ CHECKS = [
     "two_guides_same_start_and_negative_index", "step_window", "attention_strength_and_mask", "matches_core_addguide_cropguides",
     "documented_difference_mid_video_single_frame", "small_grid_k2", "bad_inputs",
     "loader_reads_metadata_whatever_strength", "panel_auto_crop_through_loader_wrapper",
+    "panel_sampling_returns_target_panel",
 ]
 
 

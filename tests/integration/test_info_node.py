@@ -3,6 +3,7 @@ without a model, against the tiny SD1.5 UNet of the harness."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,61 @@ def test_info_with_model_reports_coverage(comfy, tiny_lora, tiny_sd15_unet):
     # The blocks the LoRA touches, in the numbers LoRA Block Weights uses.
     assert "blocks touched: in 1; mid 1; out 1" in text, text
     assert "SD1.5" in text
+
+
+# ----------------------------------------------------------------- block weights end to end
+
+
+def _lora_factors(path: Path) -> dict[str, torch.Tensor]:
+    """ComfyUI parameter key → the kohya ΔW at strength 1 ((alpha/rank)·up·down), from the file itself."""
+    from safetensors.torch import load_file
+    sd = load_file(str(path))
+    out = {}
+    for module in TARGETS:
+        key = "lora_unet_" + module.replace(".", "_")
+        delta = (ALPHA / RANK) * (sd[key + ".lora_up.weight"] @ sd[key + ".lora_down.weight"])
+        out[f"diffusion_model.{module}.weight"] = delta.double()
+    return out
+
+
+def _probe(comfy, g: Graph, model) -> dict:
+    n = g.node("PatchbayTestModelProbe", model=model, key_filter="transformer_blocks.0.attn", max_keys=10000)
+    weights = comfy.client.queue(g).ui(n.id, "weights")
+    return weights[0] if isinstance(weights, list) else weights
+
+
+def test_block_weights_node_scales_blocks_in_comfyui(comfy, tiny_lora, tiny_lora_file, tiny_sd15_unet):
+    """Stack → LoRA Block Weights → Apply LoRA Stack (merge): each block moves by s·m·ΔW, alpha untouched."""
+    info = comfy.client.object_info()
+    if "PatchbayApplyLoraStack" not in info:
+        pytest.skip("the stack nodes are not registered in this tree")
+    g = Graph()
+    base = _probe(comfy, g, tiny_sd15_unet.load(g))
+
+    strength = 1.5
+    spec = "default=1, in=0, mid=0.5, out1=-1"
+    g = Graph()
+    model = tiny_sd15_unet.load(g)
+    rows = json.dumps([{"on": True, "lora": tiny_lora, "strength": strength, "strength_clip": strength}])
+    stack = g.node("PatchbayLoraStack", rows=rows)
+    weighted = g.node("PatchbayLoraBlockWeights", lora_stack=stack[0], row=1, lora_name="",
+                      preset="custom (use block_vector)", block_vector=spec, A=4.0, B=1.0)
+    applied = g.node("PatchbayApplyLoraStack", model=model, stack=weighted[0], mode="merge")
+    patched = _probe(comfy, g, applied[0])
+
+    multipliers = {"input_blocks": 0.0, "middle_block": 0.5, "output_blocks": -1.0}
+    deltas = _lora_factors(tiny_lora_file)
+    checked = 0
+    for key, delta in deltas.items():
+        m = multipliers[key.split(".")[1]]
+        if m == 0.0:
+            assert patched[key]["sha256"] == base[key]["sha256"], f"{key} changed under multiplier 0"
+            continue
+        want = strength * m * float(delta.sum())
+        got = patched[key]["sum"] - base[key]["sum"]
+        assert abs(got - want) <= 2e-3 * abs(want) + 1e-4, (key, got, want)
+        checked += 1
+    assert checked == 2
+    # Keys the LoRA does not touch stay bit-identical.
+    untouched = [k for k in base if k not in deltas and "output_blocks.0." not in k]
+    assert untouched and all(patched[k]["sha256"] == base[k]["sha256"] for k in untouched)

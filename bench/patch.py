@@ -244,7 +244,9 @@ def comfy_child(path):
 
 def main():
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {os.cpu_count()} cores, "
+          f"load average {load:.1f} (timings are only meaningful on an idle machine)")
     t0 = time.perf_counter()
     weights = make_weights()
     loras = make_loras()
@@ -313,8 +315,11 @@ def main():
     }
     path = comfy_dir()
     if path:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--comfy-child", path],
-                              capture_output=True, text=True, timeout=150)
+        try:
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--comfy-child", path],
+                                  capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired:
+            proc = subprocess.CompletedProcess([], -1, "", "timed out after 240 s")
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode == 0 and lines:
             core = json.loads(lines[-1])

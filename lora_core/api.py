@@ -167,6 +167,11 @@ def report_to_json(report: CoverageReport) -> dict:
                     for r in report.matched],
         "unmatched_keys": [{"module": u.name, "keys": list(u.keys), "reason": u.reason,
                             "detail": u.detail} for u in report.unmatched],
+        # patches for another component (e.g. text-encoder keys met by a UNet):
+        # not errors, since a loader resolves those against the text encoder
+        "elsewhere": [{"module": u.name, "keys": list(u.keys), "reason": u.reason,
+                       "detail": u.detail} for u in report.elsewhere],
+        "notes": list(report.notes),
     }
 
 

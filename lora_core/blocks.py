@@ -348,7 +348,3 @@ def _num(value: float) -> str:
 
 def preset_names() -> list[str]:
     return list(PRESETS)
-
-
-# ``nodes/loaders.py`` looks the per-key function up under this name (``fn(spec, key)``).
-multiplier = block_multiplier

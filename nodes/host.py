@@ -140,9 +140,73 @@ def _env_mb(name: str, default: int) -> int:
         return default << 20
 
 
+class DeltaCache(ByteLRU):
+    """ΔW sums keyed by (parameter key, …): at most ``per_param`` sums per parameter.
+
+    ComfyUI re-patches every key in the same order on each load, a cyclic
+    pattern under which plain LRU evicts exactly what the next pass needs
+    once the budget is smaller than the patched parameters.  So when full,
+    only superseded sums (not the newest of their parameter) are evicted,
+    and otherwise a new parameter is simply not admitted: a stable subset
+    of parameters keeps hitting.  Two sums per parameter cover "slider moved
+    back" and two branches alternating on one base.
+    """
+
+    def __init__(self, max_bytes: int, per_param: int = 2):
+        super().__init__(max_bytes)
+        self.per_param = per_param
+        self._by_param: dict[str, list] = {}
+
+    def put(self, key, value) -> None:
+        size = self._size(value)
+        if size > self.max_bytes:
+            return
+        param = key[0]
+        with self._lock:
+            if key in self._items:
+                return
+            mine = self._by_param.setdefault(param, [])
+            while len(mine) >= self.per_param:
+                self._drop(mine[0])
+            if self._bytes + size > self.max_bytes:
+                for old in list(self._items):
+                    if self._bytes + size <= self.max_bytes:
+                        break
+                    siblings = self._by_param.get(old[0], ())
+                    if siblings and siblings[-1] != old:
+                        self._drop(old)
+            while self._bytes + size > self.max_bytes and mine:
+                self._drop(mine[0])  # the new sum supersedes this parameter's older ones
+                mine = self._by_param.setdefault(param, [])
+            if self._bytes + size > self.max_bytes:
+                if not mine:
+                    self._by_param.pop(param, None)
+                return
+            self._items[key] = (value, size)
+            self._bytes += size
+            mine.append(key)
+
+    def _drop(self, key) -> None:
+        value = self._items.pop(key, None)
+        if value is not None:
+            self._bytes -= value[1]
+        siblings = self._by_param.get(key[0])
+        if siblings is not None:
+            if key in siblings:
+                siblings.remove(key)
+            if not siblings:
+                del self._by_param[key[0]]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._by_param.clear()
+            self._bytes = 0
+
+
 # ΔW sums: on the CPU they save a GEMM per parameter; on accelerators the
 # GEMM is cheap and memory belongs to ComfyUI's manager, so default off there.
-DELTA_CACHES = {"cpu": ByteLRU(_env_mb("PATCHBAY_DELTA_CACHE_MB", 1024))}
+DELTA_CACHES = {"cpu": DeltaCache(_env_mb("PATCHBAY_DELTA_CACHE_MB", 1024))}
 DELTA_CACHE_ACCEL_BYTES = _env_mb("PATCHBAY_DELTA_CACHE_GPU_MB", 0)
 FACTOR_CACHE = ByteLRU(_env_mb("PATCHBAY_FACTOR_CACHE_MB", 1024))
 
@@ -150,7 +214,7 @@ FACTOR_CACHE = ByteLRU(_env_mb("PATCHBAY_FACTOR_CACHE_MB", 1024))
 def _delta_cache(device: torch.device) -> Optional[ByteLRU]:
     cache = DELTA_CACHES.get(str(device))
     if cache is None and device.type != "cpu" and DELTA_CACHE_ACCEL_BYTES > 0:
-        cache = DELTA_CACHES.setdefault(str(device), ByteLRU(DELTA_CACHE_ACCEL_BYTES))
+        cache = DELTA_CACHES.setdefault(str(device), DeltaCache(DELTA_CACHE_ACCEL_BYTES))
     return cache
 
 

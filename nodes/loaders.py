@@ -23,11 +23,13 @@ CATEGORY = "loaders/LoRA Patchbay"
 MODE_TOOLTIP = ("merge: add the LoRA into the weights (fastest sampling). bypass: run the LoRA next to each "
                 "layer without touching the weights (quantized/offloaded models, instant strength changes). "
                 "auto: bypass for fp8/quantized/GGUF or offloaded models, merge otherwise.")
-STRENGTH_LIMIT = 100.0
+# A slider is only usable over a small range (the frontend clamps typed values
+# to it too): ±4 covers ordinary LoRAs and "slider" LoRAs; stacks (JSON rows)
+# accept any finite strength.
+STRENGTH_LIMIT = 4.0
 
 
 def strength_input(tooltip: str) -> tuple:
-    # Slider over the useful range; typed values may go to ±100 like core's loader.
     return ("FLOAT", {"default": 1.0, "min": -STRENGTH_LIMIT, "max": STRENGTH_LIMIT, "step": 0.01,
                       "round": 0.001, "display": "slider", "tooltip": tooltip})
 
@@ -222,7 +224,9 @@ class PatchbayLoraLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name, **kwargs):
+    def VALIDATE_INPUTS(cls, lora_name=None):
+        if lora_name is None:  # linked from another node: checked when it runs
+            return True
         err = files.validation_error(lora_name)
         return True if err is None else err
 

@@ -135,8 +135,16 @@ def attach_schedules(patcher, schedules: Sequence[Optional[tuple[float, Optional
     offset = max(injection.strengths) + 1 - len(schedules)
     scheduled = {offset + i: (float(base), sched) for i, (base, sched) in wanted}
     import comfy.patcher_extension as pe
-    patcher.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
-                                 _ScheduleWrapper(injection, scheduled))
+    kind = pe.WrappersMP.APPLY_MODEL
+    # An earlier stack's wrapper points at the injection add_bypass just replaced: fold its
+    # entries (their numbers are unchanged) into one wrapper on the current injection.
+    merged: dict[int, tuple[float, Schedule]] = {}
+    for old in patcher.get_wrappers(kind, WRAPPER_KEY):
+        if isinstance(old, _ScheduleWrapper):
+            merged.update(old.scheduled)
+    merged.update(scheduled)
+    patcher.remove_wrappers_with_key(kind, WRAPPER_KEY)
+    patcher.add_wrapper_with_key(kind, WRAPPER_KEY, _ScheduleWrapper(injection, merged))
     return True
 
 

@@ -95,7 +95,9 @@ class PatchbayLoraStack:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, rows, **kwargs):
+    def VALIDATE_INPUTS(cls, rows=None):
+        if rows is None:  # linked from another node: checked when it runs
+            return True
         try:
             stack = parse_stack_text(rows)
         except StackError as e:

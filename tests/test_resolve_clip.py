@@ -157,3 +157,72 @@ def test_bare_hf_clip_module():
     report = resolve_targets(mk.lora_file([mk.lora_patch(name, shapes[key])]), shapes)
     assert [r.weight_key for r in report.matched] == [key]
     assert detect_model_family(shapes) == "clip_l"
+
+
+def _full_checkpoint(identifier):
+    out = {}
+    for keys in mk.mecha_config(identifier).values():
+        out.update(keys)
+    return out
+
+
+def test_sdxl_full_checkpoint_with_openclip_g():
+    """An original SDXL checkpoint: UNet under model.diffusion_model., CLIP-L in HF
+    names, CLIP-G in OpenCLIP names with fused in_proj q/k/v."""
+    ckpt = _full_checkpoint("sdxl-sgm")
+    assert detect_model_family(ckpt) == "sdxl"
+    clip = mk.sdxl_clip()  # the same encoders in HF names, for the LoRA shapes
+    p1, _ = _clip_patches(clip, "clip_l.transformer.", "lora_te1_", 12)
+    p2, _ = _clip_patches(clip, "clip_g.transformer.", "lora_te2_", 32)
+    unet = [mk.lora_patch("lora_unet_" + m.replace(".", "_"), s)
+            for m, s in mk.module_shapes(mk.sdxl_unet(), "diffusion_model.").items()]
+    report = resolve_targets(mk.lora_file(p1 + p2 + unet), ckpt)
+    assert not report.unmatched and not report.elsewhere
+    got = {r.patch.name: (r.weight_key, r.slice) for r in report.matched}
+    g = "conditioner.embedders.1.model.transformer.resblocks.7."
+    from lora_core.ir import Slice
+    assert got["lora_te2_text_model_encoder_layers_7_self_attn_k_proj"] == (g + "attn.in_proj_weight",
+                                                                            Slice(0, 1280, 1280))
+    assert got["lora_te2_text_model_encoder_layers_7_mlp_fc1"] == (g + "mlp.c_fc.weight", None)
+    assert got["lora_te1_text_model_encoder_layers_0_mlp_fc1"][0] == \
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+    assert got["lora_unet_input_blocks_4_1_proj_in"][0] == "model.diffusion_model.input_blocks.4.1.proj_in.weight"
+    assert report.ok
+    # the projection is stored transposed: reported, not applied
+    proj = resolve_targets(mk.lora_file([mk.lora_patch("lora_te2_text_projection", (1280, 1280))]), ckpt)
+    assert proj.unmatched[0].reason == "unsupported kind" and "transposed" in proj.unmatched[0].detail
+
+
+def test_sd15_full_checkpoint():
+    ckpt = _full_checkpoint("sd1-ldm")
+    clip = mk.sd15_clip()
+    patches, _ = _clip_patches(clip, "clip_l.transformer.", "lora_te_", 12)
+    patches.append(mk.lora_patch("lora_unet_down_blocks_0_attentions_0_proj_in", (320, 320, 1, 1)))
+    report = resolve_targets(mk.lora_file(patches), ckpt)
+    assert report.ok and len(report.matched) == len(patches)
+    assert report.matched[-1].weight_key == "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+
+
+def test_old_diffusers_processor_names(sd1_clip):
+    key = "clip_l.transformer.text_model.encoder.layers.2.self_attn.out_proj.weight"
+    for name in ("text_encoder.text_model.encoder.layers.2.self_attn.to_out",
+                 "text_encoder.text_model.encoder.layers.2.self_attn.out_proj"):
+        report = resolve_targets(mk.lora_file([mk.lora_patch(name, sd1_clip[key])]), sd1_clip)
+        assert [r.weight_key for r in report.matched] == [key], name
+
+
+def test_other_comfy_text_encoders_answer_to_text_encoders_prefix():
+    """ComfyUI's generic text-encoder route (Gemma for LTX-2, UMT5 for Wan):
+    ``text_encoders.<Comfy's internal name>``; diffusion keys go elsewhere."""
+    te = {"gemma3_12b.transformer.model.layers.0.self_attn.q_proj.weight": (64, 32),
+          "gemma3_12b.transformer.model.layers.0.mlp.down_proj.weight": (32, 128),
+          "umt5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight": (32, 32)}
+    patches = [mk.lora_patch("text_encoders.gemma3_12b.transformer.model.layers.0.self_attn.q_proj", (64, 32)),
+               mk.lora_patch("text_encoders.umt5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q", (32, 32)),
+               mk.lora_patch("diffusion_model.transformer_blocks.0.attn1.to_q", (32, 32))]
+    report = resolve_targets(mk.lora_file(patches), te)
+    assert [r.weight_key for r in report.matched] == [
+        "gemma3_12b.transformer.model.layers.0.self_attn.q_proj.weight",
+        "umt5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight"]
+    assert not report.unmatched
+    assert [u.name for u in report.elsewhere] == ["diffusion_model.transformer_blocks.0.attn1.to_q"]

@@ -186,3 +186,32 @@ def test_sdxl_lora_on_flux_warns(flux):
     report = resolve_targets(mk.lora_file(patches), flux)
     assert report.family_warning == "this LoRA targets SDXL; the model is Flux"
     assert guess_lora_family(mk.lora_file([mk.lora_patch("lora_unet_double_blocks_0_img_attn_qkv", (9, 3))])) == "flux"
+
+
+def test_flux2_names():
+    """A Flux.2-shaped model in BFL names (module list after diffusers' Flux2
+    LoRA conversion table; small widths)."""
+    h, mlp = 64, 192
+    model = {"diffusion_model.double_blocks.0.img_attn.qkv.weight": (3 * h, h),
+             "diffusion_model.double_blocks.0.img_mlp.0.weight": (2 * mlp, h),
+             "diffusion_model.double_blocks.0.img_mlp.2.weight": (h, mlp),
+             "diffusion_model.single_blocks.0.linear1.weight": (3 * h + 2 * mlp, h),
+             "diffusion_model.single_blocks.0.linear2.weight": (h, h + mlp),
+             "diffusion_model.double_stream_modulation_img.lin.weight": (6 * h, h),
+             "diffusion_model.img_in.weight": (h, 16)}
+    assert detect_model_family(model) == "flux2"
+    cases = {"transformer.transformer_blocks.0.ff.linear_in": ("diffusion_model.double_blocks.0.img_mlp.0.weight", None),
+             "transformer.single_transformer_blocks.0.attn.to_qkv_mlp_proj":
+                 ("diffusion_model.single_blocks.0.linear1.weight", None),
+             "transformer.single_transformer_blocks.0.attn.to_out": ("diffusion_model.single_blocks.0.linear2.weight", None),
+             "transformer.double_stream_modulation_img.linear":
+                 ("diffusion_model.double_stream_modulation_img.lin.weight", None),
+             "transformer.transformer_blocks.0.attn.to_v": ("diffusion_model.double_blocks.0.img_attn.qkv.weight",
+                                                            Slice(0, 2 * h, h))}
+    patches = []
+    for name, (key, sl) in cases.items():
+        shape = model[key]
+        patches.append(mk.lora_patch(name, (sl.length if sl else shape[0],) + shape[1:]))
+    report = resolve_targets(mk.lora_file(patches), model)
+    assert not report.unmatched
+    assert {r.patch.name: (r.weight_key, r.slice) for r in report.matched} == cases

@@ -89,3 +89,9 @@ def test_z_image_fused_names_and_diffusers_model(z_image):
                                            mk.lora_patch("diffusion_model.final_layer.linear", (16, 32))]), diffusers)
     assert [r.weight_key for r in report.matched] == ["layers.1.attention.to_out.0.weight",
                                                       "all_final_layer.2-1.linear.weight"]
+
+
+def test_fused_file_on_split_models_is_reported():
+    z = mk.z_image_diffusers()
+    u, = resolve_targets(mk.lora_file([mk.lora_patch("diffusion_model.layers.0.attention.qkv", (96, 32))]), z).unmatched
+    assert u.reason == "unsupported kind" and "splitting" in u.detail

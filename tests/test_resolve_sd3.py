@@ -63,3 +63,17 @@ def test_kohya_original_names(sd3):
                for m, s in mk.module_shapes(sd3, "diffusion_model.").items()]
     report = resolve_targets(mk.lora_file(patches), sd3)
     assert not report.unmatched and len(report.matched) == len(patches)
+
+
+def test_fused_file_on_diffusers_sd3_is_reported():
+    from diffusers import SD3Transformer2DModel
+    model = mk.meta_named_parameters(SD3Transformer2DModel, sample_size=8, patch_size=2, in_channels=4,
+                                     num_layers=2, attention_head_dim=8, num_attention_heads=2,
+                                     joint_attention_dim=16, caption_projection_dim=16,
+                                     pooled_projection_dim=16, out_channels=4, pos_embed_max_size=16)
+    assert detect_model_family(model) == "sd3"
+    report = resolve_targets(mk.lora_file([mk.lora_patch("lora_unet_joint_blocks_0_x_block_attn_qkv", (48, 16)),
+                                           mk.lora_patch("lora_unet_joint_blocks_0_x_block_mlp_fc1", (64, 16))]), model)
+    assert [r.weight_key for r in report.matched] == ["transformer_blocks.0.ff.net.0.proj.weight"]
+    u, = report.unmatched
+    assert u.reason == "unsupported kind" and "splitting" in u.detail

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import model_keys as mk
-from lora_core.ir import FullWeights, LoraWeights, ModulePatch
+from lora_core.ir import FullWeights, ModulePatch
 from lora_core.resolve import detect_model_family, guess_lora_family, resolve_targets
 from lora_core.resolve import ltx as ltx_rules
 
@@ -176,3 +176,30 @@ def test_wan_lora_on_ltx2_warns(ltx2):
     patches = [mk.lora_patch(f"diffusion_model.{m}", s) for m, s in mk.module_shapes(wan).items()]
     report = resolve_targets(mk.lora_file(patches), mk.prefixed(original, "diffusion_model."))
     assert report.family_warning == "this LoRA targets Wan; the model is LTX-2"
+
+
+# ---------------------------------------------------------------- LTX-Video 0.9
+
+def test_ltxv_diffusers_names_on_original_model():
+    from diffusers import LTXVideoTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_ltx_transformer_checkpoint_to_diffusers
+    diffusers = mk.meta_named_parameters(LTXVideoTransformer3DModel, in_channels=4, out_channels=4, patch_size=1,
+                                         patch_size_t=1, num_attention_heads=2, attention_head_dim=8,
+                                         cross_attention_dim=16, num_layers=2, caption_channels=16)
+    original = {}
+    for k, v in diffusers.items():
+        module, _, leaf = k.rpartition(".")
+        original[(ltx_rules.to_original(module) + "." + leaf) if leaf in ("weight", "bias")
+                 else ltx_rules.to_original(k)] = v
+    oracle = mk.diffusers_oracle(convert_ltx_transformer_checkpoint_to_diffusers, original)
+    assert set(oracle) == set(diffusers)
+    model = mk.prefixed(original, "diffusion_model.")
+    assert detect_model_family(model) == "ltxv"
+    cases = _oracle_cases(oracle, original)
+    patches = [mk.lora_patch(f"transformer.{d}", s) for d, _, s in cases]
+    report = resolve_targets(mk.lora_file(patches), model)
+    assert not report.unmatched
+    assert {r.patch.name: r.weight_key for r in report.matched} == {
+        f"transformer.{d}": f"diffusion_model.{o}.weight" for d, o, _ in cases}
+    assert "diffusion_model.patchify_proj.weight" in {r.weight_key for r in report.matched}
+    assert guess_lora_family(mk.lora_file(patches)) == "ltxv"

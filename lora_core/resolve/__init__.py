@@ -71,10 +71,14 @@ def model_context(model_shapes: Mapping[str, tuple[int, ...]]) -> ModelContext:
 
 
 def detect_model_family(model_shapes: Mapping[str, tuple[int, ...]]) -> Optional[str]:
+    """"sd1", "sd2", "sdxl", "unet", "sd3", "flux", "flux2", "chroma", "ltxv", "ltx2", "wan",
+    "qwen_image", "z_image", "lumina2"; for a text-encoder-only model its encoders joined
+    by "+" ("clip_l", "clip_l+clip_g", "clip_l+t5"); None when unknown."""
     return model_context(model_shapes).family
 
 
 def guess_lora_family(lora: LoraFile) -> Optional[str]:
+    """The family a LoRA was trained for (same names as :func:`detect_model_family`), or None."""
     return guess_family(lora)
 
 
@@ -92,78 +96,86 @@ def _bias_keys(patch: ModulePatch) -> tuple[str, ...]:
     return tuple(k for k in patch.keys if k.endswith(BIAS_SUFFIXES))
 
 
-def _rows(target: Target) -> Optional[tuple[int, int]]:
-    return (target.slice.start, target.slice.start + target.slice.length) if target.slice else None
+class _Claims:
+    """Which rows of which parameters this file already patches (to catch double spellings)."""
+
+    def __init__(self):
+        self._by_key: dict[str, list[tuple[Optional[tuple[int, int]], str]]] = {}
+
+    @staticmethod
+    def _overlaps(a: Optional[tuple[int, int]], b: Optional[tuple[int, int]]) -> bool:
+        return a is None or b is None or (a[0] < b[1] and b[0] < a[1])
+
+    def clash(self, placed: ResolvedPatch) -> Optional[str]:
+        rows = (placed.slice.start, placed.slice.start + placed.slice.length) if placed.slice else None
+        for key in (placed.weight_key, placed.bias_key):
+            if key is None:
+                continue
+            for other_rows, name in self._by_key.get(key, ()):
+                if self._overlaps(rows, other_rows):
+                    return (f"duplicate: {name!r} already patches the same rows of {key!r}; "
+                            "applying both would add twice")
+        return None
+
+    def claim(self, placed: ResolvedPatch) -> None:
+        rows = (placed.slice.start, placed.slice.start + placed.slice.length) if placed.slice else None
+        for key in (placed.weight_key, placed.bias_key):
+            if key is not None:
+                self._by_key.setdefault(key, []).append((rows, placed.patch.name))
 
 
-def _overlaps(a: Optional[tuple[int, int]], b: Optional[tuple[int, int]]) -> bool:
-    if a is None or b is None:
-        return True
-    return a[0] < b[1] and b[0] < a[1]
+def _locate(patch: ModulePatch, ctx: ModelContext, allowed: Optional[set[str]],
+            namespace: str) -> tuple[str, object]:
+    """("target", Target) or ("unmatched" | "elsewhere", Unmatched)."""
+    index, table = ctx.index, ctx.table
+
+    def miss(bucket: str, detail: str, reason: str = "unknown name") -> tuple[str, Unmatched]:
+        return bucket, Unmatched(patch.name, patch.keys, reason, detail)  # type: ignore[arg-type]
+
+    cls = file_component_class(patch.name)
+    if allowed is not None:
+        if cls == DIFFUSION and DIFFUSION not in allowed:
+            return miss("elsewhere", f"diffusion-model key; namespace {namespace!r}")
+        if cls == TEXT_ENCODER and not (allowed - {DIFFUSION}):
+            return miss("elsewhere", f"text-encoder key; namespace {namespace!r}")
+    entry = table.lookup(patch.name, allowed)
+    if entry is None and allowed is not None:
+        other = table.lookup(patch.name)
+        if isinstance(other, Target):
+            return miss("elsewhere", f"belongs to {other.module.component}; namespace {namespace!r}")
+    if entry is None:
+        if cls == TEXT_ENCODER and not index.text_encoders:
+            return miss("elsewhere", "text-encoder key; this model has no text encoder")
+        if cls == DIFFUSION and not index.has_diffusion:
+            return miss("elsewhere", "diffusion-model key; this model is a text encoder")
+        return miss("unmatched", "no module of this model has this name")
+    if isinstance(entry, Hint):
+        return miss("unmatched", entry.detail, entry.reason)
+    return "target", entry
 
 
 def resolve_targets(lora: LoraFile, model_shapes: Mapping[str, tuple[int, ...]], *,
                     model_family: Optional[str] = None, namespace: str = "auto") -> CoverageReport:
     ctx = model_context(model_shapes)
-    index, table = ctx.index, ctx.table
-    allowed = _allowed_components(index, namespace)
+    allowed = _allowed_components(ctx.index, namespace)
     matched: list[ResolvedPatch] = []
     unmatched: list[Unmatched] = []
     elsewhere: list[Unmatched] = []
     notes: list[str] = []
-    # parameter key → [(rows, patch name)] already claimed by this file
-    claimed_w: dict[str, list[tuple[Optional[tuple[int, int]], str]]] = {}
-    claimed_b: dict[str, list[tuple[Optional[tuple[int, int]], str]]] = {}
-
+    claims = _Claims()
     for patch in lora.patches:
-        cls = file_component_class(patch.name)
-        if allowed is not None and cls == DIFFUSION and DIFFUSION not in allowed:
-            elsewhere.append(Unmatched(patch.name, patch.keys, "unknown name",
-                                       f"diffusion-model key; namespace {namespace!r}"))
+        bucket, found = _locate(patch, ctx, allowed, namespace)
+        if bucket != "target":
+            (elsewhere if bucket == "elsewhere" else unmatched).append(found)
             continue
-        if allowed is not None and cls == TEXT_ENCODER and not (allowed - {DIFFUSION}):
-            elsewhere.append(Unmatched(patch.name, patch.keys, "unknown name",
-                                       f"text-encoder key; namespace {namespace!r}"))
-            continue
-        entry = table.lookup(patch.name, allowed)
-        if entry is None and allowed is not None:
-            other = table.lookup(patch.name)
-            if isinstance(other, Target):
-                elsewhere.append(Unmatched(patch.name, patch.keys, "unknown name",
-                                           f"belongs to {other.module.component}; namespace {namespace!r}"))
-                continue
-        if entry is None:
-            if cls == TEXT_ENCODER and not index.text_encoders:
-                elsewhere.append(Unmatched(patch.name, patch.keys, "unknown name",
-                                           "text-encoder key; this model has no text encoder"))
-            elif cls == DIFFUSION and not index.has_diffusion:
-                elsewhere.append(Unmatched(patch.name, patch.keys, "unknown name",
-                                           "diffusion-model key; this model is a text encoder"))
-            else:
-                unmatched.append(Unmatched(patch.name, patch.keys, "unknown name",
-                                           "no module of this model has this name"))
-            continue
-        if isinstance(entry, Hint):
-            unmatched.append(Unmatched(patch.name, patch.keys, entry.reason, entry.detail))  # type: ignore[arg-type]
-            continue
-        placed = _place(patch, entry, unmatched, notes)
+        placed = _place(patch, found, unmatched, notes)
         if placed is None:
             continue
-        rows = _rows(entry)
-        clash = None
-        if placed.weight_key is not None:
-            clash = next((n for r, n in claimed_w.get(placed.weight_key, ()) if _overlaps(r, rows)), None)
-        if clash is None and placed.bias_key is not None:
-            clash = next((n for r, n in claimed_b.get(placed.bias_key, ()) if _overlaps(r, rows)), None)
+        clash = claims.clash(placed)
         if clash is not None:
-            unmatched.append(Unmatched(patch.name, patch.keys, "unsupported kind",
-                                       f"duplicate: {clash!r} already patches the same rows of "
-                                       f"{placed.weight_key or placed.bias_key!r}; applying both would add twice"))
+            unmatched.append(Unmatched(patch.name, patch.keys, "unsupported kind", clash))
             continue
-        if placed.weight_key is not None:
-            claimed_w.setdefault(placed.weight_key, []).append((rows, patch.name))
-        if placed.bias_key is not None:
-            claimed_b.setdefault(placed.bias_key, []).append((rows, patch.name))
+        claims.claim(placed)
         matched.append(placed)
 
     lora_family = guess_family(lora)

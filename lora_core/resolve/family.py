@@ -150,7 +150,9 @@ def _guess(lora: LoraFile) -> Optional[str]:
                 return "qwen_image"
             return "flux" if width in (None, 3072) else None
         if any(_LTX_BLOCK.match(r) for r in rests):
-            return "ltxv"
+            # video-only LTX-2 LoRAs have no audio keys; LTX-2's video width is 4096, LTX-Video's 2048
+            width = _in_width(diffusion, re.compile(r"^transformer_blocks_\d+_attn1_to_q$"))
+            return "ltx2" if width == 4096 else "ltxv"
         return None
     # Text-encoder-only file.
     te = [p for p in lora.patches if p.name.startswith(_TE_PREFIXES)]

@@ -20,6 +20,10 @@ Fused targets (h = hidden size = qkv rows / 3), row slices of the original weigh
     txt_attn.qkv   ← attn.add_q_proj · add_k_proj · add_v_proj
     linear1        ← attn.to_q · to_k · to_v · proj_mlp [3h, end);  ``linear1_qkv`` = [0, 3h)
 
+Flux.2 adds ``ff.linear_in/out``, ``attn.to_qkv_mlp_proj`` (all of
+``linear1``), ``attn.to_out`` (``linear2``), ``time_guidance_embed`` and the
+shared ``*_modulation*.lin`` ↔ ``.linear`` spellings.
+
 ``final_layer.adaLN_modulation.1`` ↔ ``norm_out.linear`` swaps its scale and
 shift halves, which a row slice cannot express: reported, not applied.  A
 model in diffusers naming cannot take a file's fused qkv (it would need
@@ -62,6 +66,25 @@ RENAMES = Renames([
     ("final_layer.linear", "proj_out"),
 ])
 
+# Flux.2 (BFL names as in Flux.1, plus shared modulations) ↔ diffusers Flux2
+# names, after diffusers' Flux2 LoRA conversion table.  Applied next to the
+# Flux.1 table; a Flux.1 model simply has none of these modules.
+FLUX2_RENAMES = Renames([
+    ("double_blocks.{n}.img_mlp.0", "transformer_blocks.{n}.ff.linear_in"),
+    ("double_blocks.{n}.img_mlp.2", "transformer_blocks.{n}.ff.linear_out"),
+    ("double_blocks.{n}.txt_mlp.0", "transformer_blocks.{n}.ff_context.linear_in"),
+    ("double_blocks.{n}.txt_mlp.2", "transformer_blocks.{n}.ff_context.linear_out"),
+    ("single_blocks.{n}.linear1", "single_transformer_blocks.{n}.attn.to_qkv_mlp_proj"),
+    ("single_blocks.{n}.linear2", "single_transformer_blocks.{n}.attn.to_out"),
+    ("time_in.in_layer", "time_guidance_embed.timestep_embedder.linear_1"),
+    ("time_in.out_layer", "time_guidance_embed.timestep_embedder.linear_2"),
+    ("guidance_in.in_layer", "time_guidance_embed.guidance_embedder.linear_1"),
+    ("guidance_in.out_layer", "time_guidance_embed.guidance_embedder.linear_2"),
+    ("single_stream_modulation.lin", "single_stream_modulation.linear"),
+    ("double_stream_modulation_img.lin", "double_stream_modulation_img.linear"),
+    ("double_stream_modulation_txt.lin", "double_stream_modulation_txt.linear"),
+])
+
 SWAPPED = Hint("unsupported kind", "diffusers norm_out.linear stores the scale and shift halves of "
                "final_layer.adaLN_modulation.1 in swapped order; this patch is not applied")
 FUSED_ON_SPLIT = ("the file patches a fused qkv/linear1 weight; this model keeps separate q/k/v "
@@ -84,6 +107,7 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
     paths = index.component(DIFFUSION)
     if is_flux_original(index):
         yield from renamed_aliases(index, RENAMES, model_is_original=True)
+        yield from renamed_aliases(index, FLUX2_RENAMES, model_is_original=True)
         final = paths.get("final_layer.adaLN_modulation.1")
         if final is not None:
             yield DIFFUSION, "norm_out.linear", SWAPPED
@@ -112,6 +136,7 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
                 yield DIFFUSION, f"single_blocks.{n}.linear1_qkv", Target(mod, Slice(0, 0, 3 * h))
     elif is_flux_diffusers(index):
         yield from renamed_aliases(index, RENAMES, model_is_original=False)
+        yield from renamed_aliases(index, FLUX2_RENAMES, model_is_original=False)
         for path in paths:
             parts = path.split(".")
             if parts[0] == "transformer_blocks" and len(parts) == 4 and parts[2:] == ["attn", "to_q"]:

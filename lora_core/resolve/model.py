@@ -17,6 +17,7 @@ answers to its exact name.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -46,6 +47,9 @@ CONTAINERS: tuple[tuple[str, Optional[str]], ...] = (
     ("t5xxl.transformer.", "t5"),
     ("t5base.transformer.", "t5"),
     ("te1.", "clip_l"), ("te2.", "clip_g"), ("te.", None),
+    # OpenCLIP towers of original checkpoints (SDXL's G, SD2's H): resblocks naming
+    ("conditioner.embedders.1.model.", "clip_g"),
+    ("cond_stage_model.model.", "clip_h"),
     ("text_encoder.", None), ("text_encoder_2.", None), ("text_encoder_3.", None),
     ("text_encoders.", TEXT_ENCODER),
     ("first_stage_model.", OTHER), ("vae.", OTHER), ("conditioner.", OTHER),
@@ -53,8 +57,7 @@ CONTAINERS: tuple[tuple[str, Optional[str]], ...] = (
 )
 _CONTAINERS_BY_LENGTH = sorted(CONTAINERS, key=lambda c: len(c[0]), reverse=True)
 # A container prefix only counts when what follows looks like the component.
-_TE_PATH_STARTS = ("text_model.", "encoder.", "text_projection", "shared.", "embeddings.",
-                   "final_layer_norm")
+_TE_PATH_STARTS = ("text_model.", "encoder.block.", "text_projection", "shared.")
 # Parameter suffixes that name a module's weight (first match wins).
 WEIGHT_SUFFIXES = (".weight", ".scale")
 BIAS_SUFFIX = ".bias"
@@ -91,6 +94,11 @@ class ModelIndex:
 
 def _split_param(key: str) -> tuple[str, str]:
     """(module, role) with role "weight", "bias" or "param" (the key is its own module)."""
+    # nn.MultiheadAttention's fused q/k/v (OpenCLIP): module "….attn.in_proj"
+    if key.endswith(".in_proj_weight"):
+        return key[: -len("_weight")], "weight"
+    if key.endswith(".in_proj_bias"):
+        return key[: -len("_bias")], "bias"
     if key.endswith(BIAS_SUFFIX):
         return key[: -len(BIAS_SUFFIX)], "bias"
     for s in WEIGHT_SUFFIXES:
@@ -111,15 +119,22 @@ def _split_container(module: str) -> tuple[str, Optional[str], str]:
             if comp == DIFFUSION and prefix in ("model.", "transformer.", "unet.") and _looks_te(path):
                 return prefix, _te_identity_from_path(path), path
             return prefix, comp, path
+    m = _COMFY_TE.match(module)
+    if m and m.group(1) not in _NOT_TE_NAMES:
+        # Any other ComfyUI text encoder: "<name>.transformer.…" (gemma3_12b, umt5xxl, qwen25_7b…)
+        path = module[m.end():]
+        return module[: m.end()], _te_identity_from_path(path), path
     if _looks_te(module):
         return "", _te_identity_from_path(module), module
     return "", DIFFUSION, module
 
 
+_COMFY_TE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\.transformer\.")
+_NOT_TE_NAMES = frozenset({"model", "diffusion_model", "unet", "net"})
+
+
 def _looks_te(path: str) -> bool:
-    return path.startswith(_TE_PATH_STARTS) and (
-        path.startswith("text_model.") or path.startswith("encoder.block.")
-        or path.startswith("text_projection") or path.startswith("shared."))
+    return path.startswith(_TE_PATH_STARTS)
 
 
 def _te_identity_from_path(path: str) -> str:
@@ -153,6 +168,12 @@ def build_index(model_shapes: Mapping[str, tuple[int, ...]]) -> ModelIndex:
         if m.component == "clip" and m.weight_shape and m.path.endswith("layer_norm1"):
             container = m.name[: len(m.name) - len(m.path)]
             clip_hidden.setdefault(container, m.weight_shape[0])
+    # Bare keys next to a real diffusion container are checkpoint bookkeeping
+    # (model_ema.*, schedules such as alphas_cumprod), not denoiser modules.
+    if any(m.component == DIFFUSION and m.name != m.path for m in modules.values()):
+        for m in modules.values():
+            if m.component == DIFFUSION and m.name == m.path:
+                m.component = OTHER
     by_component: dict[str, dict[str, Module]] = {}
     for m in modules.values():
         if m.component == "clip":

@@ -23,7 +23,7 @@ from typing import Iterator, Optional
 from ..ir import Slice
 from .model import DIFFUSION, ModelIndex
 from .rules import Renames, renamed_aliases, rows
-from .table import Alias, Target
+from .table import Alias, Hint, Target
 
 _REFINED = ("layers", "noise_refiner", "context_refiner")
 Z_RENAMES = Renames(
@@ -66,3 +66,8 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
                 yield DIFFUSION, f"{block}.{name}", Target(mod, Slice(0, start, length))
     elif is_z_image_diffusers(index):
         yield from renamed_aliases(index, Z_RENAMES, model_is_original=False)
+        hint = Hint("unsupported kind", "the file patches the fused attention.qkv; this model keeps separate "
+                    "q/k/v projections and splitting the patch is not supported")
+        for path in paths:
+            if path.endswith(".attention.to_q"):
+                yield DIFFUSION, path[: -len(".to_q")] + ".qkv", hint

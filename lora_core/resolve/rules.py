@@ -1,4 +1,4 @@
-"""Small helpers the family tables share: templated renames and fused slices.
+"""Small helpers the family tables share: templated renames and row counts.
 
 A rename is a pair of templates, original naming first, diffusers second, in
 which ``{n}`` stands for a block number, e.g.
@@ -9,9 +9,8 @@ A template matches a whole module path, or a path prefix when it ends with
 from __future__ import annotations
 
 import re
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
-from ..ir import Slice
 from .model import DIFFUSION, ModelIndex, Module
 from .table import Alias, Target
 
@@ -54,13 +53,6 @@ def renamed_aliases(index: ModelIndex, renames: Renames, model_is_original: bool
         other = renames.to_diffusers(path) if model_is_original else renames.to_original(path)
         if other is not None and other != path:
             yield DIFFUSION, other, Target(mod)
-
-
-def fused_rows(mod: Module, parts: Iterable[tuple[str, int]], start: int = 0) -> Iterator[tuple[str, Slice]]:
-    """Consecutive row slices of a fused weight: (alias path, slice) per part."""
-    for alias, length in parts:
-        yield alias, Slice(dim=0, start=start, length=length)
-        start += length
 
 
 def rows(mod: Optional[Module]) -> int:

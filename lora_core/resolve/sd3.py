@@ -55,6 +55,8 @@ RENAMES = Renames([
 ])
 SWAPPED = ("diffusers stores the scale and shift halves of this adaLN modulation in swapped order; "
            "this patch is not applied")
+FUSED_ON_SPLIT = ("the file patches a fused qkv weight; this model keeps separate q/k/v projections "
+                  "and splitting the patch is not supported")
 _FUSED = {
     "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
@@ -100,6 +102,11 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
         last = _last_block(paths)
         for path, mod in paths.items():
             parts = path.split(".", 2)
-            if parts[0] == "transformer_blocks" and len(parts) == 3 and parts[2] == "norm1_context.linear":
+            if parts[0] != "transformer_blocks" or len(parts) < 3:
+                continue
+            if parts[2] == "norm1_context.linear":
                 entry = Hint("unsupported kind", SWAPPED) if int(parts[1]) == last else Target(mod)
                 yield DIFFUSION, f"joint_blocks.{parts[1]}.context_block.adaLN_modulation.1", entry
+            for fused, separate in _FUSED.items():
+                if parts[2] == separate[0]:
+                    yield DIFFUSION, f"joint_blocks.{parts[1]}.{fused}", Hint("unsupported kind", FUSED_ON_SPLIT)

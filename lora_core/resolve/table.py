@@ -36,9 +36,14 @@ class Target:
 
 @dataclass(frozen=True)
 class Hint:
-    """A name a family recognises but cannot place on this model."""
+    """A name a family recognises but cannot place on this model.
+
+    ``shadows``: the hint wins over the model's own module of the same name
+    (OpenCLIP's ``text_projection`` is spelled like HF's but stored transposed).
+    """
     reason: str
     detail: str
+    shadows: bool = False
 
 
 Entry = Union[Target, Hint]
@@ -115,6 +120,8 @@ def file_component_class(name: str) -> str:
 
 
 class AliasTable:
+    """Exact model names, plus per (style, component) tables of alias paths."""
+
     def __init__(self, index: ModelIndex):
         self.index = index
         self.exact: dict[str, Entry] = {}
@@ -122,12 +129,13 @@ class AliasTable:
 
     def add(self, component: str, path: str, entry: Entry) -> None:
         """Register ``path`` (dotted) for ``component``; the first entry for a name wins."""
+        force = isinstance(entry, Hint) and entry.shadows
         dotted = self.tables.setdefault((DOTTED, component), {})
-        if path not in dotted:
+        if force or path not in dotted:
             dotted[path] = entry
         flat = self.tables.setdefault((FLAT, component), {})
         key = path.replace(".", "_")
-        if key not in flat:
+        if force or key not in flat:
             flat[key] = entry
 
     def add_all(self, aliases: Iterable[Alias]) -> None:
@@ -141,8 +149,9 @@ class AliasTable:
         if entry is not None and (allowed is None or _comp(entry) in allowed):
             return entry
         if name.startswith("text_encoders."):
+            # ComfyUI-native text-encoder LoRAs: "text_encoders." + the model's own key
             entry = self.exact.get(name[len("text_encoders."):])
-            if entry is not None:
+            if entry is not None and (allowed is None or _comp(entry) in allowed):
                 return entry
         for rest, style, comps in split_prefix(name):
             for comp in comps:

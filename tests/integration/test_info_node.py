@@ -159,3 +159,85 @@ def test_block_weights_node_scales_blocks_in_comfyui(comfy, tiny_lora, tiny_lora
     # Keys the LoRA does not touch stay bit-identical.
     untouched = [k for k in base if k not in deltas and "output_blocks.0." not in k]
     assert untouched and all(patched[k]["sha256"] == base[k]["sha256"] for k in untouched)
+
+
+# ----------------------------------------------------------------- schedules end to end
+
+SCHEDULE_STRENGTH = 50.0  # the tiny LoRA is weak; make its effect far above float noise
+
+
+def _host_applies_schedules() -> bool:
+    src = Path(__file__).resolve().parents[2] / "nodes" / "loaders.py"
+    return src.is_file() and "attach_schedules" in src.read_text()
+
+
+def _latent(comfy, g: Graph, latent) -> dict:
+    n = g.node("PatchbayTestLatentStats", samples=latent)
+    stats = comfy.client.queue(g).ui(n.id, "latent_stats")
+    return stats[0]
+
+
+def _scheduled_model(g: Graph, tiny_lora: str, model, keyframes: str | None):
+    rows = json.dumps([{"on": True, "lora": tiny_lora, "strength": SCHEDULE_STRENGTH,
+                        "strength_clip": SCHEDULE_STRENGTH}])
+    stack = g.node("PatchbayLoraStack", rows=rows)[0]
+    if keyframes is not None:
+        stack = g.node("PatchbayLoraSchedule", lora_stack=stack, row=1, lora_name="", keyframes=keyframes,
+                       start_strength=1.0, end_strength=1.0, start_percent=0.0, end_percent=1.0,
+                       interpolation="hold")[0]
+    return g.node("PatchbayApplyLoraStack", model=model, stack=stack, mode="bypass")[0]
+
+
+def _advanced(g: Graph, tiny_sd15_unet, model, latent, start: int, end: int, add_noise: bool):
+    cond = tiny_sd15_unet.cond(g)
+    return g.node("KSamplerAdvanced", model=model, add_noise="enable" if add_noise else "disable",
+                  noise_seed=7, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple",
+                  positive=cond, negative=cond, latent_image=latent, start_at_step=start, end_at_step=end,
+                  return_with_leftover_noise="enable" if end < 2 else "disable")[0]
+
+
+def test_schedule_switches_lora_per_step(comfy, tiny_lora, tiny_sd15_unet):
+    """'LoRA for step 1 only' equals sampling step 1 with the LoRA and step 2 without it."""
+    if not _host_applies_schedules():
+        pytest.skip("Apply LoRA Stack does not apply schedules yet (nodes/loaders.py never calls attach_schedules)")
+
+    def run(keyframes):
+        g = Graph()
+        model = _scheduled_model(g, tiny_lora, tiny_sd15_unet.load(g), keyframes)
+        latent = _advanced(g, tiny_sd15_unet, model, tiny_sd15_unet.empty_latent(g), 0, 2, True)
+        return _latent(comfy, g, latent)
+
+    # Oracle: two sampler calls, LoRA model for step 1, the base model for step 2.
+    g = Graph()
+    base = tiny_sd15_unet.load(g)
+    with_lora = _scheduled_model(g, tiny_lora, base, None)
+    half = _advanced(g, tiny_sd15_unet, with_lora, tiny_sd15_unet.empty_latent(g), 0, 1, True)
+    oracle = _latent(comfy, g, _advanced(g, tiny_sd15_unet, base, half, 1, 2, False))
+
+    first_only = run("0:1, 0.3:0")  # hold: 1 on step 1 (fraction 0), 0 on step 2 (fraction ≈ 0.5)
+    always = run(None)
+    never = run("0:0")
+    assert always["sha256"] != never["sha256"]
+    spread = abs(always["sum"] - never["sum"]) + abs(always["abs_sum"] - never["abs_sum"])
+    assert spread > 1e-3, "the LoRA barely changes the output; the test cannot tell schedules apart"
+    for key in ("sum", "abs_sum", "std"):
+        assert first_only[key] == pytest.approx(oracle[key], rel=1e-5, abs=1e-6), key
+    assert abs(first_only["abs_sum"] - always["abs_sum"]) > 1e-6 or first_only["sha256"] != always["sha256"]
+
+
+def test_chained_scheduled_stacks_keep_both_schedules(comfy, tiny_lora, tiny_sd15_unet):
+    """Two Apply LoRA Stack nodes in a row, the same LoRA on step 1 from the first and on step 2
+    from the second: together they must equal that LoRA on both steps from one stack."""
+    if not _host_applies_schedules():
+        pytest.skip("Apply LoRA Stack does not apply schedules yet (nodes/loaders.py never calls attach_schedules)")
+
+    g = Graph()
+    first = _scheduled_model(g, tiny_lora, tiny_sd15_unet.load(g), "0:1, 0.3:0")
+    both = _scheduled_model(g, tiny_lora, first, "0:0, 0.3:1")
+    chained = _latent(comfy, g, _advanced(g, tiny_sd15_unet, both, tiny_sd15_unet.empty_latent(g), 0, 2, True))
+
+    g = Graph()
+    single = _scheduled_model(g, tiny_lora, tiny_sd15_unet.load(g), None)
+    always = _latent(comfy, g, _advanced(g, tiny_sd15_unet, single, tiny_sd15_unet.empty_latent(g), 0, 2, True))
+    for key in ("sum", "abs_sum", "std"):
+        assert chained[key] == pytest.approx(always[key], rel=1e-5, abs=1e-6), key

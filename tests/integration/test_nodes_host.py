@@ -91,6 +91,7 @@ def test_object_info_schema(comfy, comfy_client):
     req = loader["input"]["required"]
     for s in ("strength_model", "strength_clip"):
         assert req[s][1]["display"] == "slider"
+        assert req[s][1]["min"] == -4.0 and req[s][1]["max"] == 4.0 and req[s][1]["step"] == 0.01
     assert req["mode"][0] == ["merge", "bypass", "auto"]
     assert "clip" in loader["input"]["optional"]
     assert loader["output"] == ["MODEL", "CLIP"]
@@ -130,24 +131,22 @@ def test_loader_weights_match_core_and_base_is_restored(comfy, tiny_sd15_checkpo
 
 
 def test_clip_strength_matches_core_through_sampling(comfy, tiny_sd15_checkpoint, loras):
-    def run(kind):
-        g = Graph()
-        model, clip = tiny_sd15_checkpoint.load_checkpoint(g)
-        if kind == "ours":
-            n = g.node("PatchbayLoraLoader", model=model, clip=clip, lora_name=loras["a"], strength_model=0.0,
-                       strength_clip=1.5, enabled=True, mode="merge")
-            clip = n[1]
-        elif kind == "core":
-            clip = g.node("LoraLoader", model=model, clip=clip, lora_name=loras["a"], strength_model=0.0,
-                          strength_clip=1.5)[1]
-        pos = g.node("CLIPTextEncode", clip=clip, text="a tiny test")[0]
+    g = Graph()
+    model, clip = tiny_sd15_checkpoint.load_checkpoint(g)
+    ours = g.node("PatchbayLoraLoader", model=model, clip=clip, lora_name=loras["a"], strength_model=0.0,
+                  strength_clip=1.5, enabled=True, mode="merge")[1]
+    core = g.node("LoraLoader", model=model, clip=clip, lora_name=loras["a"], strength_model=0.0,
+                  strength_clip=1.5)[1]
+    stats = {}
+    for kind, c in (("base", clip), ("ours", ours), ("core", core)):
+        pos = g.node("CLIPTextEncode", clip=c, text="a tiny test")[0]
         lat = tiny_sd15_checkpoint.sample(g, model, positive=pos, steps=1)
-        g.node("PatchbayTestLatentStats", samples=lat)
-        return torch.tensor(latent_stats(comfy.client.queue(g, timeout=240))["values"])
-    base, ours, core = run("base"), run("ours"), run("core")
-    moved = (core - base).abs().max().item()
+        stats[kind] = g.node("PatchbayTestLatentStats", samples=lat)
+    res = comfy.client.queue(g, timeout=240)
+    base, ours_v, core_v = (torch.tensor(latent_stats(res, stats[k].id)["values"]) for k in ("base", "ours", "core"))
+    moved = (core_v - base).abs().max().item()
     assert moved > 1e-4
-    assert (ours - core).abs().max().item() < 0.02 * moved
+    assert (ours_v - core_v).abs().max().item() < 0.02 * moved
 
 
 # ---------------------------------------------------------------- pass-through, stacks, branches
@@ -198,21 +197,27 @@ def test_stack_equals_chained_loaders_and_branches_stay_separate(comfy, tiny_sd1
 
 
 def test_bypass_mode_matches_merge(comfy, tiny_sd15_checkpoint, loras):
-    def run(mode, strength=0.9):
-        g = Graph()
-        model, clip = tiny_sd15_checkpoint.load_checkpoint(g)
+    g = Graph()
+    model, clip = tiny_sd15_checkpoint.load_checkpoint(g)
+    stats = {}
+    for mode, strength in (("merge", 0.9), ("bypass", 0.9), ("base", 0.0)):
         m = g.node("PatchbayLoraLoader", model=model, clip=clip, lora_name=loras["b"], strength_model=strength,
-                   strength_clip=0.0, enabled=True, mode=mode)[0]
+                   strength_clip=0.0, enabled=True, mode="merge" if mode == "base" else mode)[0]
         m = g.node("PatchbayLoraLoader", model=m, lora_name=loras["a"], strength_model=strength,
-                   strength_clip=0.0, enabled=True, mode=mode)[0]
+                   strength_clip=0.0, enabled=True, mode="merge" if mode == "base" else mode)[0]
         lat = tiny_sd15_checkpoint.sample(g, m, steps=1)
-        g.node("PatchbayTestLatentStats", samples=lat)
-        return torch.tensor(latent_stats(comfy.client.queue(g, timeout=240))["values"])
-    merged, bypass, base = run("merge"), run("bypass"), run("merge", 0.0)
+        stats[mode] = g.node("PatchbayTestLatentStats", samples=lat)
+    res = comfy.client.queue(g, timeout=240)
+    merged, bypass, base = (torch.tensor(latent_stats(res, stats[k].id)["values"])
+                            for k in ("merge", "bypass", "base"))
     moved = (merged - base).abs().max().item()
     assert moved > 1e-4
     assert (bypass - merged).abs().max().item() < 1e-3 * max(1.0, merged.abs().max().item())
-    again = run("merge", 0.0)  # bypass ejected: the plain model is back
+    # bypass ejected: the plain model samples exactly as before
+    g = Graph()
+    model, _ = tiny_sd15_checkpoint.load_checkpoint(g)
+    g.node("PatchbayTestLatentStats", samples=tiny_sd15_checkpoint.sample(g, model, steps=1))
+    again = torch.tensor(latent_stats(comfy.client.queue(g, timeout=240))["values"])
     assert torch.equal(again, base)
 
 
@@ -228,6 +233,15 @@ def test_validation_rejects_unknown_and_traversal(comfy, tiny_sd15_checkpoint, l
         _probe(g, m[0])
         with pytest.raises(PromptRejected, match=expect):
             comfy.client.queue(g)
+    # our VALIDATE_INPUTS must not switch off core's range/combo checks of the other inputs
+    g = Graph()
+    model, clip = tiny_sd15_checkpoint.load_checkpoint(g)
+    m = g.node("PatchbayLoraLoader", model=model, clip=clip, lora_name=loras["a"], strength_model=50.0,
+               strength_clip=1.0, enabled=True, mode="nonsense")
+    _probe(g, m[0])
+    with pytest.raises(PromptRejected) as ei:
+        comfy.client.queue(g)
+    assert "strength_model" in str(ei.value) and "mode" in str(ei.value)
     g = Graph()
     model, clip = tiny_sd15_checkpoint.load_checkpoint(g)
     st = g.node("PatchbayLoraStack", rows='[{"lora": "%s"}, {"lora": "../x.safetensors"}]' % loras["a"])

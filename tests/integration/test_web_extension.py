@@ -239,3 +239,35 @@ def test_info_text_rendered_on_node(page, web_comfy, web_lora, tmp_path):
     assert shot.stat().st_size > 10_000
     errors = [e for e in page.patchbay_console if e[0] in ("error", "pageerror") and _ours(e)]
     assert not errors, errors
+
+
+def test_vue_nodes_mode_real_button_click(page, web_comfy, web_lora):
+    """Nodes 2.0 (Vue) renders widgets as DOM: click the real "Add LoRA" button and menu entry."""
+    srv, _ = web_comfy
+    srv.client.post("/settings/Comfy.VueNodes.Enabled", True)
+    try:
+        page.reload()
+        page.wait_for_function("() => window.app && window.app.graph && window.app.extensions"
+                               " && window.app.extensions.some(e => e.name === 'lora-patchbay.web')", timeout=120_000)
+        page.keyboard.press("Escape")
+        if not page.evaluate("() => !!app.extensionManager?.setting?.get?.('Comfy.VueNodes.Enabled')"):
+            pytest.skip("this frontend has no Vue node mode")
+        page.evaluate("() => app.graph.clear()")
+        nid = _add_node(page, "PatchbayLoraStack", (200, 120))
+        button = page.get_by_role("button", name="Add LoRA")
+        if button.count() == 0:
+            button = page.get_by_text("Add LoRA")
+        button.first.wait_for(state="visible", timeout=15_000)
+        button.first.click()
+        entry = page.locator(".litecontextmenu .litemenu-entry", has_text=web_lora).first
+        entry.wait_for(state="visible", timeout=15_000)
+        entry.click()
+        page.wait_for_function("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'rows')"
+                               ".value.includes('web_tiny_sd15')", arg=nid, timeout=10_000)
+        assert json.loads(_rows(page, nid))[0]["lora"] == web_lora
+        page.get_by_text("Toggle all").first.click()
+        assert json.loads(_rows(page, nid))[0]["on"] is False
+        errors = [e for e in page.patchbay_console if e[0] in ("error", "pageerror") and _ours(e)]
+        assert not errors, errors
+    finally:
+        srv.client.post("/settings/Comfy.VueNodes.Enabled", False)

@@ -104,7 +104,8 @@ def plan_for(reports, strengths):
     return build_plan([(r, s, None) for r, s in zip(reports, strengths)])
 
 
-def best(fn, runs=3, setup=None):
+def best(fn, runs=3, setup=None, budget_s=20.0):
+    """Best wall time of up to ``runs`` runs; stops early once ``budget_s`` is spent."""
     times = []
     for _ in range(runs):
         if setup is not None:
@@ -112,6 +113,8 @@ def best(fn, runs=3, setup=None):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        if sum(times) > budget_s:
+            break
     return min(times)
 
 
@@ -206,6 +209,8 @@ def comfy_dir():
 
 def comfy_child(path):
     """Runs in a subprocess: time core's ModelPatcher.patch_model on the same stack."""
+    if len(sys.argv) > 3:
+        torch.set_num_threads(int(sys.argv[3]))
     sys.argv = [sys.argv[0], "--cpu"]
     sys.path.insert(0, path)
     import logging
@@ -221,6 +226,8 @@ def comfy_child(path):
     times = []
     result = None
     for _ in range(2):
+        if times and times[0] > 15:
+            break
         model = Stack(weights)
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
         for name, rank, strength, _ in LORAS:
@@ -243,6 +250,9 @@ def comfy_child(path):
 
 
 def main():
+    threads = os.environ.get("PATCHBAY_BENCH_THREADS")
+    if threads:  # e.g. 1 on an oversubscribed machine, where thread-pool barriers dominate
+        torch.set_num_threads(int(threads))
     torch.manual_seed(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {os.cpu_count()} cores, "
@@ -316,7 +326,8 @@ def main():
     path = comfy_dir()
     if path:
         try:
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--comfy-child", path],
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--comfy-child", path,
+                                   str(torch.get_num_threads())],
                                   capture_output=True, text=True, timeout=240)
         except subprocess.TimeoutExpired:
             proc = subprocess.CompletedProcess([], -1, "", "timed out after 240 s")

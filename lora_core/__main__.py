@@ -79,6 +79,10 @@ def _print_report(data: dict) -> None:
           f" (LoRA family {data['lora_family'] or '?'}, model family {data['model_family'] or '?'})")
     if data["family_warning"]:
         print(f"warning: {data['family_warning']}")
+    if data["elsewhere"]:
+        print(f"  for another component (e.g. a text encoder): {len(data['elsewhere'])}")
+    for note in data["notes"]:
+        print(f"note: {note}")
     by_reason: dict[str, list[dict]] = {}
     for u in data["unmatched_keys"]:
         by_reason.setdefault(u["reason"], []).append(u)

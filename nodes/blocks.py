@@ -3,39 +3,17 @@
 The node only edits the stack (a frozen value): the loader multiplies the
 row's strength by ``lora_core.blocks.block_multiplier`` for every parameter
 it patches.  Also home of the small helpers the stack-editing nodes share
-(accepting community LORA_STACK lists, picking a row).
+(picking a row, the row inputs).
 """
 from __future__ import annotations
 
-from typing import Any
-
 from ..lora_core.blocks import LAYOUT_NAMES, PRESETS, format_block_weights, parse_block_weights
 from ..lora_core.errors import StackError
-from ..lora_core.stack import LoraStack, StackEntry, parse_rows
+from ..lora_core.stack import LoraStack
+from .stack import as_stack  # our LoraStack, or the (name, model, clip) tuple lists of other packs
 
 CATEGORY = "loaders/LoRA Patchbay"
 CUSTOM = "custom (use block_vector)"
-
-
-def as_stack(value: Any) -> LoraStack:
-    """Our LoraStack, or a community LORA_STACK (list of (name, model, clip) tuples) / rows."""
-    if isinstance(value, LoraStack):
-        return value
-    if value is None:
-        return LoraStack()
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (list, tuple)) for v in value):
-        entries = []
-        for i, item in enumerate(value):
-            if len(item) < 2:
-                raise StackError(f"LORA_STACK item {i + 1} needs at least (name, strength)")
-            name = str(item[0])
-            if not name or name == "None":
-                continue
-            m = float(item[1])
-            c = float(item[2]) if len(item) > 2 else m
-            entries.append(StackEntry(lora=name, strength_model=m, strength_clip=c))
-        return LoraStack(tuple(entries))
-    return parse_rows(value)
 
 
 def _stem(name: str) -> str:

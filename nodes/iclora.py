@@ -724,6 +724,28 @@ def apply_lora_to_model(model, path: str, name: str, strength: float):
     return new_model
 
 
+def ic_params_for_stack_rows(rows) -> dict | None:
+    """``IC_LORA`` for the stack rows marked ``"iclora": true`` (for the stack node).
+
+    Each row's own file header is read, whatever its strength, so the
+    parameters never come from another LoRA of the stack.
+    """
+    from ..lora_core.iclora import stack_ic_params
+    picked = []
+    for row in rows or []:
+        if not row.get("iclora"):
+            continue
+        name = row.get("lora")
+        path = folder_paths.get_full_path("loras", name) if name else None
+        meta = _read_metadata(path) if path else {}
+        picked.append((name, meta, float(row.get("strength", 1.0)), bool(row.get("on", True))))
+    params = stack_ic_params(picked)
+    if params:
+        for w in params.pop("warnings", []):
+            log.warning("IC-LoRA stack: %s", w)
+    return params
+
+
 class PatchbayICLoraLoader:
     DESCRIPTION = ("Loads an in-context (IC) LoRA and outputs its parameters (reference downscale factor) read "
                    "from the file's header, whatever the strength. Disabled or at strength 0 the model is "

@@ -163,6 +163,15 @@ class PatchbayLoraInfo:
             },
         }
 
+    @classmethod
+    def IS_CHANGED(cls, lora_name, model=None):
+        # Re-read when the file changes under the same name (ComfyUI caches output nodes by inputs).
+        try:
+            st = os.stat(files.resolve_path(lora_name))
+        except (PatchbayError, OSError):
+            return ""
+        return f"{st.st_mtime_ns}:{st.st_size}"
+
     def execute(self, lora_name, model=None):
         try:
             info = lora_info(lora_name, model)

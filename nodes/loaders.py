@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-from ..lora_core.errors import ModelMismatchError, PatchbayError, StackError
+from ..lora_core.errors import ModelMismatchError, StackError
 from ..lora_core.ir import CoverageReport, LoraFile
 from ..lora_core.plan import build_plan
 from ..lora_core.stack import LoraStack, StackEntry

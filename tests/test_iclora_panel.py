@@ -122,3 +122,29 @@ def test_merge_factors():
     assert merge_factors([("a", 2), ("b", 2)]) == 2
     with pytest.raises(ICLoraError, match="different reference_downscale_factor"):
         merge_factors([("a", 2), ("b", 1)])
+
+
+# --- stack rows -------------------------------------------------------------------------------------
+
+from lora_core.iclora import stack_ic_params  # noqa: E402
+
+
+def test_stack_params_not_hidden_by_later_lora():
+    # the IC-LoRA is not the last row; its own header decides
+    p = stack_ic_params([("union-ref0.5", {"reference_downscale_factor": "2"}, 1.0, True)])
+    assert p["reference_downscale_factor"] == 2 and p["enabled"] is True
+
+
+def test_stack_params_disabled_rows_drop_guides_but_keep_factor():
+    p = stack_ic_params([("union-ref0.5", {"reference_downscale_factor": "2"}, 0.0, True),
+                         ("depth", {"reference_downscale_factor": "2"}, 1.0, False)])
+    assert p["enabled"] is False and p["reference_downscale_factor"] == 2
+
+
+def test_stack_params_mixed_factors_refused_only_when_both_enabled():
+    rows = [("a", {"reference_downscale_factor": "2"}, 1.0, True), ("b", {}, 1.0, True)]
+    with pytest.raises(ICLoraError, match="different reference_downscale_factor"):
+        stack_ic_params(rows)
+    rows[1] = ("b", {}, 1.0, False)
+    assert stack_ic_params(rows)["reference_downscale_factor"] == 2
+    assert stack_ic_params([]) is None

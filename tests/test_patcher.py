@@ -17,6 +17,7 @@ from lora_core.errors import ModelMismatchError, NonFiniteError, PatchbayError, 
 from lora_core.ir import (CoverageReport, DoraMagnitude, FullWeights, LohaWeights, LoraWeights, ModulePatch,
                           ResolvedPatch, Slice)
 from lora_core.kinds import delta_weight
+from lora_core import patcher as patcher_module
 from lora_core.patcher import MergePatcher, key_seed, stochastic_round
 from lora_core.plan import Contribution, build_plan
 
@@ -165,6 +166,44 @@ def test_fused_qkv_slices_touch_only_their_rows():
     torch.testing.assert_close(w[:16], w0[:16] + 1.5 * 0.5 * q.weight.up @ q.weight.down)
     torch.testing.assert_close(w[16:32], w0[16:32] + 1.5)
     torch.testing.assert_close(w[32:], w0[32:] + 1.5 * 0.5 * v.weight.up @ v.weight.down)
+
+
+def test_row_blocks_crossing_slices_match_the_reference(monkeypatch):
+    monkeypatch.setattr(patcher_module, "BLOCK_ELEMENTS", 5 * 16)  # 5-row blocks over 16-row slices
+    net = Net()
+    w0 = snapshot(net)["qkv.weight"]
+    q, v, whole = lora_patch(16, 16, 4, name="q"), lora_patch(16, 16, 2, name="v"), lora_patch(48, 16, 3, name="w")
+    plan = build_plan([(report(ResolvedPatch(q, "qkv.weight", slice=Slice(0, 0, 16)),
+                               ResolvedPatch(whole, "qkv.weight"),
+                               ResolvedPatch(v, "qkv.weight", slice=Slice(0, 32, 16))), 1.5, None)])
+    stats = MergePatcher(params_of(net)).apply(plan)
+    assert stats.lora_gemms == 3
+    ref = w0.double() + 1.5 * 0.5 * whole.weight.up.double() @ whole.weight.down.double()
+    ref[:16] += 1.5 * 0.5 * q.weight.up.double() @ q.weight.down.double()
+    ref[32:] += 1.5 * 0.5 * v.weight.up.double() @ v.weight.down.double()
+    torch.testing.assert_close(net.qkv.weight.detach().double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_failure_inside_row_blocks_restores_the_written_rows(monkeypatch):
+    dtype = FP8[0] if FP8 else pytest.skip("no float8")
+    monkeypatch.setattr(patcher_module, "BLOCK_ELEMENTS", 4 * 24)
+    net = Net()
+    net.a.weight.data = net.a.weight.data.to(dtype)
+    w0 = snapshot(net)
+    calls = []
+    real = patcher_module.stochastic_round
+
+    def fail_on_third(x, dt, gen):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated device failure")
+        return real(x, dt, gen)
+
+    monkeypatch.setattr(patcher_module, "stochastic_round", fail_on_third)
+    patcher = MergePatcher(params_of(net))
+    with pytest.raises(RuntimeError, match="simulated"):
+        patcher.apply(build_plan([(report(ResolvedPatch(lora_patch(16, 24, 4), "a.weight")), 1.0, None)]))
+    _assert_untouched(net, w0, patcher)
 
 
 def test_reshape_pads_and_restores_the_original_tensor():

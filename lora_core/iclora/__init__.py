@@ -22,7 +22,7 @@ from .masks import base_noise_mask, guide_noise_mask
 from .crop import (GuideRecord, count_appended_frames, crop_guides, keep_index_for_window,
                    next_record, step_active)
 from .panel import LAYOUTS, PanelLayout, panel_layout, crop_panels, panel_noise_mask
-from .metadata import ICParams, parse_ic_metadata, merge_factors
+from .metadata import ICParams, parse_ic_metadata, merge_factors, stack_ic_params
 from .attention import mask_to_token_weights, token_bias, biased_attention
 
 __all__ = [
@@ -31,6 +31,6 @@ __all__ = [
     "dilate_latent", "latent_token_intervals", "guide_keyframe_coords", "base_noise_mask",
     "guide_noise_mask", "GuideRecord", "count_appended_frames", "crop_guides",
     "keep_index_for_window", "next_record", "step_active", "LAYOUTS", "PanelLayout", "panel_layout", "crop_panels", "panel_noise_mask",
-    "ICParams", "parse_ic_metadata", "merge_factors", "mask_to_token_weights", "token_bias",
+    "ICParams", "parse_ic_metadata", "merge_factors", "stack_ic_params", "mask_to_token_weights", "token_bias",
     "biased_attention",
 ]

@@ -79,3 +79,31 @@ def merge_factors(params: list[tuple[str, int]]) -> int:
         raise ICLoraError(f"IC-LoRAs with different reference_downscale_factor on one model: {listing}",
                           fix="use IC-LoRAs trained with the same reference size together, or disable one")
     return distinct.pop() if distinct else 1
+
+
+def stack_ic_params(rows) -> dict | None:
+    """One ``IC_LORA`` dict for the IC-LoRA rows of a stack.
+
+    ``rows``: iterable of ``(name, metadata, strength, on)`` for the rows
+    marked as IC-LoRA, each read from its own file header (so a later LoRA
+    never hides an IC-LoRA's factor).  Returns None if there is none.  The
+    result is enabled if any IC row is on with a non-zero strength; its factor
+    is common to the enabled rows (mixed factors raise).  When every IC row
+    is off, the guides fed by it are dropped too.
+    """
+    rows = list(rows)
+    if not rows:
+        return None
+    parsed = [(name, parse_ic_metadata(meta), float(strength), bool(on)) for name, meta, strength, on in rows]
+    active = [(n, p) for n, p, s, on in parsed if on and s != 0.0]
+    pool = active or [(n, p) for n, p, _, _ in parsed]
+    k = merge_factors([(n, p.reference_downscale_factor) for n, p in pool]) if active else \
+        pool[0][1].reference_downscale_factor
+    kt = {p.reference_temporal_scale_factor for _, p in pool}
+    if len(kt) > 1:
+        raise ICLoraError("IC-LoRAs with different reference_temporal_scale_factor in one stack",
+                          fix="disable one of them")
+    warnings = [w for _, p in pool for w in p.warnings]
+    return {SPATIAL_KEY: k, TEMPORAL_KEY: kt.pop(), "lora": ", ".join(n for n, _ in pool),
+            "enabled": bool(active), "strength": max((s for _, _, s, on in parsed if on), default=0.0),
+            "auto_crop": True, "warnings": warnings}

@@ -174,6 +174,14 @@ def build_index(model_shapes: Mapping[str, tuple[int, ...]]) -> ModelIndex:
         for m in modules.values():
             if m.component == DIFFUSION and m.name == m.path:
                 m.component = OTHER
+    # Loose keys inside a text encoder's container (ComfyUI's
+    # ``clip_l.logit_scale``) are encoder bookkeeping too; left as "diffusion"
+    # they would make every CLIP look like it also holds a denoiser.
+    te_roots = {m.name.split(".", 1)[0] for m in modules.values()
+                if m.component not in (DIFFUSION, OTHER) and m.name != m.path}
+    for m in modules.values():
+        if m.component == DIFFUSION and m.name == m.path and m.name.split(".", 1)[0] in te_roots:
+            m.component = OTHER
     by_component: dict[str, dict[str, Module]] = {}
     for m in modules.values():
         if m.component == "clip":

@@ -420,6 +420,21 @@ def loader_reads_metadata_whatever_strength():
 
 
 @check
+def stack_rows_carry_their_own_ic_params():
+    # needs the files written by loader_reads_metadata_whatever_strength
+    rows = [{"on": True, "lora": "ic-test-ref0.5.safetensors", "strength": 1.0, "iclora": True},
+            {"on": True, "lora": "ic-test-plain.safetensors", "strength": 0.7, "iclora": False}]
+    p = ic.ic_params_for_stack_rows(rows)
+    assert p["reference_downscale_factor"] == 2 and p["enabled"] is True   # not hidden by the last row
+    rows[0]["strength"] = 0.0
+    p = ic.ic_params_for_stack_rows(rows)
+    assert p["enabled"] is False and p["reference_downscale_factor"] == 2
+    pos, neg = conds()
+    assert ic.add_guide(pos, neg, VAE, video_latent(3), guide_video(9), 0, 1.0, ic_lora=p)[0] is pos
+    assert ic.ic_params_for_stack_rows(rows[1:]) is None
+
+
+@check
 def panel_auto_crop_through_loader_wrapper():
     # the panel wrapper is model-agnostic: exercise it on the LTXV model with a 5-D "canvas" is not
     # meaningful, so drive the OUTER_SAMPLE wrapper directly with a fake executor

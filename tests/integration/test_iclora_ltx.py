@@ -20,7 +20,8 @@ CHECKS = [
     "disabled_iclora_gives_base_result",
     "two_guides_same_start_and_negative_index", "step_window", "attention_strength_and_mask", "matches_core_addguide_cropguides",
     "documented_difference_mid_video_single_frame", "small_grid_k2", "bad_inputs",
-    "loader_reads_metadata_whatever_strength", "panel_auto_crop_through_loader_wrapper",
+    "loader_reads_metadata_whatever_strength", "stack_rows_carry_their_own_ic_params",
+    "panel_auto_crop_through_loader_wrapper",
     "panel_sampling_returns_target_panel",
 ]
 

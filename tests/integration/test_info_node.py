@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,16 @@ def test_chained_scheduled_stacks_keep_both_schedules(comfy, tiny_lora, tiny_sd1
     always = _latent(comfy, g, _advanced(g, tiny_sd15_unet, single, tiny_sd15_unet.empty_latent(g), 0, 2, True))
     for key in ("sum", "abs_sum", "std"):
         assert chained[key] == pytest.approx(always[key], rel=1e-5, abs=1e-6), key
+
+
+def test_info_rereads_a_file_changed_under_the_same_name(comfy, tmp_path):
+    path = write_tiny_sd15_lora(tmp_path / "changing.safetensors")
+    name = comfy.add_model("loras", path, "patchbay/changing.safetensors")
+    g = Graph()
+    n = g.node("PatchbayLoraInfo", lora_name=name)
+    assert "title: patchbay tiny" in _info(comfy, g, n.id)
+    from safetensors.torch import load_file
+    tensors = load_file(str(path))
+    time.sleep(0.01)  # a distinct mtime even on coarse clocks
+    save_file(tensors, str(path), metadata={"ss_output_name": "renamed inside"})
+    assert "title: renamed inside" in _info(comfy, g, n.id)

@@ -7,14 +7,13 @@ validation / execution error payloads.
 """
 from __future__ import annotations
 
-import os
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_harness import Graph, PromptExecutionFailed, PromptRejected, latent_stats
+from comfy_harness import Graph, PromptRejected, latent_stats
 
 OUR_NODES = {"PatchbayLoraLoader": "LoRA Loader", "PatchbayLoraStack": "LoRA Stack",
              "PatchbayApplyLoraStack": "Apply LoRA Stack"}

@@ -241,6 +241,14 @@ def test_info_text_rendered_on_node(page, web_comfy, web_lora, tmp_path):
     assert not errors, errors
 
 
+def _dom_button(page, label: str):
+    """The DOM button of a Vue-rendered button widget (1.38: text inside; 1.27: a label before it)."""
+    button = page.get_by_role("button", name=label).or_(
+        page.locator(f"xpath=//label[contains(., '{label}')]/following::button[1]")).first
+    button.wait_for(state="visible", timeout=15_000)
+    return button
+
+
 def test_vue_nodes_mode_real_button_click(page, web_comfy, web_lora):
     """Nodes 2.0 (Vue) renders widgets as DOM: click the real "Add LoRA" button and menu entry."""
     srv, _ = web_comfy
@@ -254,18 +262,14 @@ def test_vue_nodes_mode_real_button_click(page, web_comfy, web_lora):
             pytest.skip("this frontend has no Vue node mode")
         page.evaluate("() => app.graph.clear()")
         nid = _add_node(page, "PatchbayLoraStack", (200, 120))
-        button = page.get_by_role("button", name="Add LoRA")
-        if button.count() == 0:
-            button = page.get_by_text("Add LoRA")
-        button.first.wait_for(state="visible", timeout=15_000)
-        button.first.click()
+        _dom_button(page, "Add LoRA").click()
         entry = page.locator(".litecontextmenu .litemenu-entry", has_text=web_lora).first
         entry.wait_for(state="visible", timeout=15_000)
         entry.click()
         page.wait_for_function("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'rows')"
                                ".value.includes('web_tiny_sd15')", arg=nid, timeout=10_000)
         assert json.loads(_rows(page, nid))[0]["lora"] == web_lora
-        page.get_by_text("Toggle all").first.click()
+        _dom_button(page, "Toggle all").click()
         assert json.loads(_rows(page, nid))[0]["on"] is False
         errors = [e for e in page.patchbay_console if e[0] in ("error", "pageerror") and _ours(e)]
         assert not errors, errors

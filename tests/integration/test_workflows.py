@@ -148,6 +148,15 @@ def node_type_problems(wf: dict, info: dict) -> list[str]:
             for n in wf["nodes"] if n["type"] not in info and n["type"] not in FRONTEND_ONLY]
 
 
+def strip_frontend_nulls(values: list, keep: int = 0) -> list:
+    """Without the trailing nulls the frontend saves for widgets that do not serialize
+    (e.g. LoRA Stack's buttons): ``[rows, null, null]`` is ``[rows]``."""
+    values = list(values or [])
+    while len(values) > keep and values[-1] is None:
+        values.pop()
+    return values
+
+
 def widget_problems(wf: dict, info: dict) -> list[str]:
     problems = []
     for n in wf["nodes"]:
@@ -159,6 +168,7 @@ def widget_problems(wf: dict, info: dict) -> list[str]:
         if isinstance(values, dict):  # some frontends save a name → value map
             problems.append(f"{where}: widgets_values is a dict; expected the list the frontend saves")
             continue
+        values = strip_frontend_nulls(values, len(layout))
         if len(values) != len(layout):
             names = [name if extra is None else f"{name}:{extra}" for name, _, extra in layout]
             problems.append(f"{where}: {len(values)} widget values {values!r} for {len(layout)} widgets {names}")
@@ -337,6 +347,13 @@ def test_checks_catch_broken_workflows(all_object_info):
             slot["link"] = None
     assert any("required input 'stack'" in p for p in link_problems(broken, info))
     assert node_type_problems({"nodes": [{"id": 1, "type": "PatchbayNoSuchNode"}]}, info)
+    # the frontend saves nulls for LoRA Stack's buttons: fine; a real extra value is not
+    as_saved = json.loads(json.dumps(wf))
+    stack = next(n for n in as_saved["nodes"] if n["type"] == "PatchbayLoraStack")
+    stack["widgets_values"] += [None, None]
+    assert widget_problems(as_saved, info) == []
+    stack["widgets_values"] += ["[]"]
+    assert any("PatchbayLoraStack" in p for p in widget_problems(as_saved, info))
 
 
 def test_templates_listed_and_served(comfy_client):
@@ -345,6 +362,34 @@ def test_templates_listed_and_served(comfy_client):
     for p in WORKFLOWS:
         served = comfy_client.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{p.name}")
         assert served == load_workflow(p), p.name
+
+
+# ----------------------------------------------------------------- docs/nodes.md in sync
+
+PACK_MODULE = f"custom_nodes.{PACK_DIR_NAME}"
+
+
+def test_nodes_doc_covers_every_node_input_and_option(all_object_info):
+    """docs/nodes.md names every node of the pack; for the non-IC nodes every input and
+    output, and every fixed option (modes, presets, interpolations) in backticks."""
+    doc = (REPO_ROOT / "docs" / "nodes.md").read_text(encoding="utf-8")
+    ours = {k: v for k, v in all_object_info.items() if v.get("python_module") == PACK_MODULE}
+    assert "PatchbayLoraStack" in ours, sorted(all_object_info)[:20]
+    missing = []
+    for node_id, entry in sorted(ours.items()):
+        if f"`{node_id}`" not in doc:
+            missing.append(node_id)
+        if node_id.startswith("PatchbayIC"):
+            continue  # inputs and outputs documented in docs/iclora.md
+        for name, spec, _ in info_inputs(entry):
+            if f"`{name}`" not in doc:
+                missing.append(f"{node_id}.{name}")
+            if is_widget(spec) and widget_kind(spec) == "COMBO" and not any(
+                    isinstance(o, str) and _looks_like_file(o) for o in combo_options(spec)):
+                missing += [f"{node_id}.{name}={o}" for o in combo_options(spec)
+                            if f"`{o}`" not in doc and not str(o).startswith("custom")]
+        missing += [f"{node_id} -> {o}" for o in entry["output_name"] if f"`{o}`" not in doc]
+    _assert_none([f"docs/nodes.md does not mention {m}" for m in missing])
 
 
 # ----------------------------------------------------------------- running our workflows
@@ -399,17 +444,24 @@ def workflow_models(comfy, tiny_sd15_checkpoint, workflow_lora_files) -> None:
 
 
 def tiny_prompt(wf: dict, info: dict) -> dict:
-    """The workflow's prompt shrunk to the tiny model: 32 px, 2 steps, latent stats instead of
-    VAE decode + save (the tiny checkpoint has no VAE)."""
+    """The workflow's prompt shrunk to the tiny model: 32 px, 2 steps, cfg 1 (one model call per
+    step, so the negative prompt is the positive one: fp16 CLIP on CPU is the slow part),
+    latent stats instead of VAE decode + save (the tiny checkpoint has no VAE)."""
     prompt = ui_to_api(wf, info)
     for nid in [k for k, v in prompt.items() if v["class_type"] in ("VAEDecode", "SaveImage")]:
         del prompt[nid]
+    for node in [v for v in prompt.values() if v["class_type"] == "KSampler"]:
+        negative = node["inputs"]["negative"][0]
+        node["inputs"]["negative"] = node["inputs"]["positive"]
+        if not any(negative in (i[0] for i in n["inputs"].values() if isinstance(i, list))
+                   for n in prompt.values()):
+            del prompt[negative]
     for nid, node in list(prompt.items()):
         ins = node["inputs"]
         if node["class_type"] == "EmptyLatentImage":
             ins.update(width=32, height=32, batch_size=1)
         elif node["class_type"] == "KSampler":
-            ins["steps"] = 2
+            ins.update(steps=2, cfg=1.0)
             prompt[f"stats{nid}"] = {"class_type": "PatchbayTestLatentStats",
                                      "inputs": {"samples": [nid, 0]}}
     return prompt
@@ -467,3 +519,52 @@ def test_workflow_runs_on_tiny_model(stem, comfy, all_object_info, workflow_mode
     without = comfy.client.queue(ABLATIONS[stem](prompt), timeout=240)
     assert latent_stats(without)["sha256"] != st["sha256"], \
         f"{stem}: the result does not change without the workflow's LoRA feature"
+
+
+# ----------------------------------------------------------------- the real frontend
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def frontend_page(comfy):
+    """The server's own frontend in headless Chromium (skips without playwright/chromium)."""
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} missing (apt-get install -y chromium)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--headless=new", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.patchbay_errors = []
+        page.on("pageerror", lambda e: page.patchbay_errors.append(str(e)))
+        try:
+            comfy.client.post("/settings/Comfy.TutorialCompleted", True)
+        except Exception:  # old server without the settings route
+            pass
+        page.goto(comfy.url)
+        page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph "
+                               "&& window.app.extensions && window.app.extensions.length > 0", timeout=120_000)
+        yield page
+        browser.close()
+
+
+def test_frontend_loads_workflow_and_queues_the_same_prompt(workflow, frontend_page, all_object_info):
+    """The frontend knows every node type, saves the same widget values back, and its
+    graphToPrompt gives exactly the prompt our converter builds."""
+    res = frontend_page.evaluate("""async (wf) => {
+        await app.loadGraphData(wf, true, false, 'patchbay-test');
+        const nodes = app.graph.nodes.map(n => ({id: n.id, type: n.type,
+            known: !!LiteGraph.registered_node_types[n.type]}));
+        const saved = app.graph.serialize().nodes.map(n => ({id: n.id, widgets_values: n.widgets_values}));
+        const out = (await app.graphToPrompt()).output;
+        return {nodes, saved, out};
+    }""", workflow)
+    assert sorted(n["id"] for n in res["nodes"]) == sorted(n["id"] for n in workflow["nodes"])
+    assert not [n for n in res["nodes"] if not n["known"]], res["nodes"]
+    ours = {n["id"]: strip_frontend_nulls(n.get("widgets_values")) for n in workflow["nodes"]}
+    _assert_none([f"node {s['id']}: frontend saves {s['widgets_values']!r}, file has {ours[s['id']]!r}"
+                  for s in res["saved"] if strip_frontend_nulls(s["widgets_values"]) != ours[s["id"]]])
+    frontend = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in res["out"].items()}
+    assert frontend == ui_to_api(workflow, all_object_info)
+    assert not frontend_page.patchbay_errors, frontend_page.patchbay_errors

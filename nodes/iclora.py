@@ -32,6 +32,7 @@ from ..lora_core.iclora import (
     mask_to_token_weights, token_bias,
 )
 from ..lora_core.iclora.crop import GuideRecord
+from .host import MODES as PATCH_MODES
 
 log = logging.getLogger("lora-patchbay.iclora")
 
@@ -42,7 +43,9 @@ ATTACHMENT_KEY = "patchbay_iclora"     # ModelPatcher attachment: list of loaded
 WRAPPER_KEY = "patchbay_iclora"
 LATENT_CHANNELS = 128
 CROP_MODES = ("stretch", "center")
-LOADER_MODES = ("auto crop", "manual crop")
+CROP_CHOICES = ("auto", "manual")
+# Workflows saved by earlier builds had one "mode" widget meaning the crop.
+LEGACY_CROP_MODES = {"auto crop": "auto", "manual crop": "manual"}
 
 
 def default_params() -> dict:
@@ -614,7 +617,7 @@ class PatchbayICLoraPanel:
     DESCRIPTION = ("In-context panel for image models (Flux IC-LoRA): the reference image and the target(s) "
                    "share one canvas. Outputs the encoded canvas with a noise mask that keeps the reference "
                    "panel, the mask, and a crop description. With an IC-LoRA loaded by PatchbayICLoraLoader "
-                   "in auto crop mode the sampler returns only the target panel(s); otherwise use "
+                   "with the loader's crop = auto the sampler returns only the target panel(s); otherwise use "
                    "PatchbayICLoraCropPanel.")
     CATEGORY = CATEGORY
     FUNCTION = "execute"
@@ -709,19 +712,10 @@ def _read_metadata(path: str) -> dict:
         return {}
 
 
-def apply_lora_to_model(model, path: str, name: str, strength: float):
-    """Apply LoRA weights to a MODEL.  Uses nodes/host.py when it offers a helper, else core's loader."""
-    try:
-        from . import host  # noqa: F401
-        helper = getattr(host, "apply_lora_to_model", None) or getattr(host, "apply_lora", None)
-    except Exception:
-        helper = None
-    if helper is not None:
-        return helper(model, path, strength)
-    import comfy.sd
-    sd = comfy.utils.load_torch_file(path, safe_load=True)
-    new_model, _ = comfy.sd.load_lora_for_models(model, None, sd, strength, 0)
-    return new_model
+def apply_lora_to_model(model, path: str, strength: float, mode: str):
+    """Apply the IC-LoRA's weights through the pack's host layer (merge, bypass or auto)."""
+    from . import host
+    return host.apply_lora_to_model(model, path, strength, mode)
 
 
 def ic_params_for_stack_rows(rows) -> dict | None:
@@ -766,22 +760,28 @@ class PatchbayICLoraLoader:
                                    "tooltip": "LoRA strength. 0 disables the LoRA and its guides."}),
             "enabled": ("BOOLEAN", {"default": True,
                                     "tooltip": "Off: no LoRA weights and no guides (base result)."}),
-            "mode": (list(LOADER_MODES), {"default": "auto crop",
-                                          "tooltip": "auto crop: guides and panels are removed after sampling "
-                                                     "without an extra node. manual crop: use the crop nodes."}),
+            "mode": (list(PATCH_MODES), {"default": "merge", "tooltip": (
+                "merge: add the LoRA into the weights. bypass: run it as a side path without touching "
+                "the weights (quantized or offloaded models). auto: bypass for quantized/offloaded "
+                "weights, merge otherwise.")}),
+            "crop": (list(CROP_CHOICES), {"default": "auto", "tooltip": (
+                "auto: guide frames and reference panels are removed after sampling without an extra "
+                "node. manual: use IC-LoRA Crop Guides / Crop Panel yourself (two-stage pipelines).")}),
         }}
 
-    def execute(self, model, lora_name, strength, enabled, mode):
+    def execute(self, model, lora_name, strength, enabled, mode="merge", crop="auto"):
+        if mode in LEGACY_CROP_MODES:
+            mode, crop = "merge", LEGACY_CROP_MODES[mode]
         path = folder_paths.get_full_path_or_raise("loras", lora_name)
         meta = _read_metadata(path)
-        auto = mode == "auto crop"
+        auto = crop == "auto"
         params = make_ic_lora_params(lora_name, meta, strength, enabled, auto)
         k = params["reference_downscale_factor"]
         loaded = list(model.get_attachment(ATTACHMENT_KEY) or []) if hasattr(model, "get_attachment") else []
         active = params["enabled"]
         if active:
             merge_factors([(n, f) for n, f in loaded] + [(lora_name, k)])
-            out = apply_lora_to_model(model, path, lora_name, float(strength))
+            out = apply_lora_to_model(model, path, float(strength), mode)
             if out is model:
                 out = model.clone()
         else:

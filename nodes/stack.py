@@ -115,12 +115,14 @@ class PatchbayApplyLoraStack:
                    "the applied LoRAs as <lora:name:strength> text and the trigger words stored in the files.")
     CATEGORY = CATEGORY
     FUNCTION = "apply"
-    RETURN_TYPES = ("MODEL", "CLIP", "STRING", "STRING")
-    RETURN_NAMES = ("model", "clip", "lora_text", "trigger_words")
+    RETURN_TYPES = ("MODEL", "CLIP", "STRING", "STRING", "IC_LORA")
+    RETURN_NAMES = ("model", "clip", "lora_text", "trigger_words", "ic_lora")
     OUTPUT_TOOLTIPS = ("The model with the stack applied.",
                        "The text encoder with the stack applied (None if no CLIP was connected).",
                        "The applied LoRAs as <lora:name:strength> tags.",
-                       "Trigger words of the enabled LoRAs, from their file metadata, comma-separated.")
+                       "Trigger words of the enabled LoRAs, from their file metadata, comma-separated.",
+                       "IC-LoRA parameters of the rows marked \"iclora\", each read from its own file "
+                       "(for IC-LoRA Guide); a disabled or strength-0 IC row turns its guides off.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -139,7 +141,13 @@ class PatchbayApplyLoraStack:
         stack = as_stack(stack)
         out_model, out_clip, applied = apply_stack(model, clip, stack, mode)
         text = " ".join(lora_tag(n, s, c if clip is not None else None) for n, s, c in applied.names)
-        return (out_model, out_clip, text, ", ".join(applied.trigger_words))
+        return (out_model, out_clip, text, ", ".join(applied.trigger_words), stack_ic_params(stack))
+
+
+def stack_ic_params(stack: LoraStack) -> dict:
+    """IC_LORA for the stack: its IC rows' own metadata, never the last LoRA's."""
+    from . import iclora
+    return iclora.ic_params_for_stack_rows(stack.to_rows()) or iclora.default_params()
 
 
 NODE_CLASS_MAPPINGS = {

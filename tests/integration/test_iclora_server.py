@@ -105,7 +105,7 @@ def test_disabled_iclora_is_exactly_base_and_enabled_differs(ic_server):
     g.node("PatchbayTestLatentStats", _id="base", samples=_ksampler(g, model, pos, neg, lat))
     for name, enabled in (("off", False), ("on", True)):
         ld = g.node("PatchbayICLoraLoader", model=model, lora_name="ic-tiny.safetensors", strength=1.0,
-                    enabled=enabled, mode="auto crop")
+                    enabled=enabled, mode="merge", crop="auto")
         gd = _guide(g, pos, neg, vae, lat, img, ic_lora=ld[1])
         g.node("PatchbayTestLatentStats", _id=name, samples=_ksampler(g, ld[0], gd[0], gd[1], gd[2]))
     res = ic_server.client.queue(g, timeout=600)
@@ -139,7 +139,7 @@ def test_bad_input_messages(ic_server, case, needle):
     else:
         lat = g.node("EmptyLTXVLatentVideo", width=96, height=64, length=17, batch_size=1)[0]
         ld = g.node("PatchbayICLoraLoader", model=model, lora_name="ic-tiny-ref0.5.safetensors", strength=1.0,
-                    enabled=True, mode="auto crop")
+                    enabled=True, mode="merge", crop="auto")
         gd = _guide(g, pos, neg, vae, lat, _image(g), ic_lora=ld[1])
     g.node("PatchbayTestLatentStats", samples=_ksampler(g, model, gd[0], gd[1], gd[2]))
     res = ic_server.client.queue(g, check=False, timeout=600)

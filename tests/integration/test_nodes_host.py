@@ -52,6 +52,10 @@ def lora_dir(tmp_path_factory):
             flux[f"{k}.lora_up.weight"] = torch.randn(o, 4, generator=g) * 0.01
             flux[f"{k}.lora_down.weight"] = torch.randn(4, n, generator=g) * 0.01
     save_file(flux, str(d / "flux_only.safetensors"))
+    partial = _kohya(4, 4, 4.0, clip=False)
+    partial["lora_unet_no_such_block_attn.lora_up.weight"] = torch.zeros(320, 4)
+    partial["lora_unet_no_such_block_attn.lora_down.weight"] = torch.zeros(4, 320)
+    save_file(partial, str(d / "partial.safetensors"))
     (d / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     return d
 
@@ -59,7 +63,7 @@ def lora_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def loras(comfy, lora_dir):
     names = {}
-    for f in ("a", "b", "flux_only", "corrupt"):
+    for f in ("a", "b", "flux_only", "corrupt", "partial"):
         names[f] = comfy.add_model("loras", lora_dir / f"{f}.safetensors", f"pb/{f}.safetensors")
     return names
 
@@ -296,3 +300,35 @@ def test_renamed_file_resolves_by_hash(comfy, tiny_sd15_checkpoint, loras, lora_
     base = _weights(res, pb)
     assert (_weights(res, po)[Q_KEY]["sum"] - base[Q_KEY]["sum"]) == pytest.approx(
         _weights(res, pc)[Q_KEY]["sum"] - base[Q_KEY]["sum"], rel=1e-4)
+
+
+def test_auto_mode_uses_bypass_on_fp8_weights(comfy, tiny_sd15_unet, loras):
+    g = Graph()
+    model = tiny_sd15_unet.load(g, weight_dtype="fp8_e4m3fn")
+    stats = {}
+    for mode in ("auto", "bypass", "merge"):
+        m = g.node("PatchbayLoraLoader", model=model, lora_name=loras["a"], strength_model=1.5,
+                   strength_clip=0.0, enabled=True, mode=mode)[0]
+        stats[mode] = g.node("PatchbayTestLatentStats", samples=tiny_sd15_unet.sample(g, m, steps=1))
+    stats["base"] = g.node("PatchbayTestLatentStats", samples=tiny_sd15_unet.sample(g, model, steps=1))
+    res = comfy.client.queue(g, timeout=240)
+    v = {k: torch.tensor(latent_stats(res, n.id)["values"]) for k, n in stats.items()}
+    assert (v["bypass"] - v["base"]).abs().max().item() > 1e-4
+    assert torch.equal(v["auto"], v["bypass"])
+    # merging into fp8 rounds the LoRA away or stochastically; the side path keeps it exact
+    assert not torch.equal(v["merge"], v["bypass"])
+
+
+def test_partial_coverage_logs_one_summary_line(comfy, tiny_sd15_checkpoint, loras):
+    mark = comfy.log_mark()
+    for strength in (0.5, 0.6):  # a slider change does not repeat the line
+        g = Graph()
+        model, _ = tiny_sd15_checkpoint.load_checkpoint(g)
+        m = g.node("PatchbayLoraLoader", model=model, lora_name=loras["partial"], strength_model=strength,
+                   strength_clip=0.0, enabled=True, mode="merge")
+        p = _probe(g, m[0])
+        res = comfy.client.queue(g, timeout=240)
+        assert sorted(res.ui(p.id)["patch_keys"][0]) == sorted([Q_KEY, K2_KEY])
+    lines = [l for l in comfy.read_log(mark).splitlines() if "partial.safetensors" in l]
+    assert len(lines) == 1, lines
+    assert "2 modules applied" in lines[0] and "1 not applied" in lines[0] and "no_such_block" in lines[0]

@@ -144,6 +144,18 @@ mm.load_models_gpu([base], force_full_load=True)
 with torch.no_grad():
     yref = net(x).float()
 out["bypass_live_strength_zero"] = (y0 - yref).abs().max().item()
+# stack node: A1111 tags, community (name, model, clip) tuple lists, text outputs
+Stack = pack.NODE_CLASS_MAPPINGS["PatchbayLoraStack"]; Apply = pack.NODE_CLASS_MAPPINGS["PatchbayApplyLoraStack"]
+st, = Stack().build("<lora:a:0.7> <lora:b:-0.4:0.2>")
+out["tag_rows"] = [[e.lora, e.strength_model, e.strength_clip] for e in st.entries]
+ms, cs, text, words = Apply().apply(base, st, "merge")
+wst = weights(ms)
+out["tags_equal_chain"] = all(torch.equal(wst[k], wa[k]) for k in wa)
+out["tags_text"] = text
+mt, _, text2, _ = Apply().apply(base, [("a.safetensors", 0.7, 1.0), ("b.safetensors", -0.4, 1.0)], "merge")
+wt = weights(mt)
+out["tuples_equal_chain"] = all(torch.equal(wt[k], wa[k]) for k in wa)
+out["empty_stack_is_input"] = Apply().apply(base, Stack().build("[]")[0], "merge")[0] is base
 print("RESULT " + json.dumps(out))
 ''')
 
@@ -193,3 +205,11 @@ def test_bypass_chain_is_one_injection_and_ejects(child_result):
     assert child_result["bypass_vs_merge"] < 5e-3
     assert child_result["bypass_ejected"] is True
     assert child_result["bypass_live_strength_zero"] == 0.0
+
+
+def test_stack_accepts_a1111_tags_and_community_stacks(child_result):
+    assert child_result["tag_rows"] == [["a", 0.7, 0.7], ["b", -0.4, 0.2]]
+    assert child_result["tags_equal_chain"] is True
+    assert child_result["tuples_equal_chain"] is True
+    assert child_result["tags_text"] == "<lora:a:0.7> <lora:b:-0.4>"
+    assert child_result["empty_stack_is_input"] is True

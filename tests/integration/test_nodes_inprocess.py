@@ -52,6 +52,8 @@ def lora(rank, layers, seed, fused=False):
 files = {"a": lora(4, range(L), 1), "b": lora(8, range(L), 2), "q": lora(2, range(1), 3)}
 for n_, sd in files.items():
     save_file(sd, os.path.join(d, n_ + ".safetensors"))
+# an IC-LoRA (small-grid, k = 2) whose metadata must not hide behind later rows
+save_file(lora(2, range(1), 4), os.path.join(d, "ic.safetensors"), metadata={"reference_downscale_factor": "2"})
 
 class Net(torch.nn.Module):
     def __init__(self):
@@ -148,14 +150,22 @@ out["bypass_live_strength_zero"] = (y0 - yref).abs().max().item()
 Stack = pack.NODE_CLASS_MAPPINGS["PatchbayLoraStack"]; Apply = pack.NODE_CLASS_MAPPINGS["PatchbayApplyLoraStack"]
 st, = Stack().build("<lora:a:0.7> <lora:b:-0.4:0.2>")
 out["tag_rows"] = [[e.lora, e.strength_model, e.strength_clip] for e in st.entries]
-ms, cs, text, words = Apply().apply(base, st, "merge")
+ms, cs, text, words, _ = Apply().apply(base, st, "merge")
 wst = weights(ms)
 out["tags_equal_chain"] = all(torch.equal(wst[k], wa[k]) for k in wa)
 out["tags_text"] = text
-mt, _, text2, _ = Apply().apply(base, [("a.safetensors", 0.7, 1.0), ("b.safetensors", -0.4, 1.0)], "merge")
+mt, _, text2, _, _ = Apply().apply(base, [("a.safetensors", 0.7, 1.0), ("b.safetensors", -0.4, 1.0)], "merge")
 wt = weights(mt)
 out["tuples_equal_chain"] = all(torch.equal(wt[k], wa[k]) for k in wa)
 out["empty_stack_is_input"] = Apply().apply(base, Stack().build("[]")[0], "merge")[0] is base
+# IC rows: the stack carries the IC-LoRA's own factor even with a plain LoRA after it
+ic_rows = json.dumps([{"on": True, "lora": "ic.safetensors", "strength": 1.0, "iclora": True},
+                      {"on": True, "lora": "a.safetensors", "strength": 0.5}])
+ic = Apply().apply(base, Stack().build(ic_rows)[0], "merge")[4]
+out["ic_factor"] = ic.get("reference_downscale_factor")
+out["ic_enabled"] = bool(ic.get("enabled"))
+ic_off = Apply().apply(base, Stack().build(ic_rows.replace('"strength": 1.0', '"strength": 0.0'))[0], "merge")[4]
+out["ic_zero_enabled"] = bool(ic_off.get("enabled"))
 print("RESULT " + json.dumps(out))
 ''')
 
@@ -205,6 +215,13 @@ def test_bypass_chain_is_one_injection_and_ejects(child_result):
     assert child_result["bypass_vs_merge"] < 5e-3
     assert child_result["bypass_ejected"] is True
     assert child_result["bypass_live_strength_zero"] == 0.0
+
+
+def test_stack_carries_the_iclora_rows_own_parameters(child_result):
+    assert child_result["ic_factor"] == 2
+    assert child_result["ic_enabled"] is True
+    # strength 0 on the IC row: its guides must be dropped too
+    assert child_result["ic_zero_enabled"] is False
 
 
 def test_stack_accepts_a1111_tags_and_community_stacks(child_result):

@@ -213,12 +213,11 @@ def apply(model_path: str, loras: Sequence[tuple[str, float]], out: str, *, forc
         reports.append(report)
         entries.append((report, float(strength), None))
     plan = build_plan(entries)
-    # mmap'd tensors are copy-on-write: patching them never touches the input file.
-    patcher = MergePatcher(params)
-    try:
-        patcher.apply(plan, progress=progress)
-    except TypeError:
-        patcher.apply(plan)
+    # mmap'd tensors are copy-on-write: patching them never touches the input
+    # file.  No originals are kept: on a failure this in-memory copy is simply
+    # discarded and nothing is written, which halves the memory of a bake.
+    patcher = MergePatcher(params, keep_originals=False)
+    patcher.apply(plan, progress=progress)
     folder = os.path.dirname(os.path.abspath(out)) or "."
     fd, tmp = tempfile.mkstemp(prefix=".patchbay-", suffix=".safetensors", dir=folder)
     os.close(fd)

@@ -14,8 +14,9 @@ Per parameter, on the weight's device, accumulated in fp32:
   hash of the key, so a re-patch reproduces the same bits.
 
 A parameter hit only by plain LoRAs is processed in row blocks that fit the
-CPU cache (backup, upcast, GEMM, check and store touch each block once), so
-the cost is close to one GEMM plus one read and one write of the weight.
+last-level cache (backup, upcast, GEMM, check and store touch each block
+while it is there), so the cost is close to one GEMM plus one read and two
+writes (parameter and backup) of the weight.
 
 Exact restore: the first time a parameter is touched its original is copied to
 the offload device; restoring copies it back (never subtracts).  ``apply``
@@ -45,13 +46,14 @@ Tensor = torch.Tensor
 
 FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
-# Row blocks of about 2 MiB of fp32 keep backup, upcast, GEMM update, check
-# and store of a block in the CPU caches instead of five passes over DRAM
-# (1280² fp16 weights, Σr 120, 2 cores, best of 15: 512-row blocks 18.9
-# ms/layer, whole-layer passes 23.1, per-LoRA naive 165).  Bigger blocks also
-# mean fewer thread-pool wake-ups, which dominate on an oversubscribed CPU.
-# GPUs pay per launch, so they get larger blocks.
-BLOCK_ELEMENTS = 1 << 19
+# Row blocks of at most 4M elements (16 MiB fp32) keep backup, upcast, GEMM
+# update, check and store of a block inside a CPU's last-level cache instead
+# of five passes over DRAM, and bound the workspace on huge layers (Flux
+# linear1 is 66M elements).  Smaller blocks cost GEMM efficiency and
+# thread-pool wake-ups: on 1280² fp16 weights, Σr 88, 2 cores, per-layer
+# best of 12: one block 3.9 ms, 1M-element blocks 4.6, 256K 4.8 (naive
+# per-LoRA fp32 merge 9.3).
+BLOCK_ELEMENTS = 1 << 22
 BLOCK_ELEMENTS_GPU = 1 << 22
 
 

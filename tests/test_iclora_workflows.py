@@ -9,7 +9,7 @@ FILES = ["iclora-ltx-control.json", "iclora-ltx-two-stage.json", "flux-incontext
 # widget values of our nodes, in order (sockets excluded)
 OUR_WIDGETS = {
     "PatchbayICLoraGuide": ["frame_idx", "strength", "attention_strength", "crop", "start_percent", "end_percent"],
-    "PatchbayICLoraLoader": ["lora_name", "strength", "enabled", "mode"],
+    "PatchbayICLoraLoader": ["lora_name", "strength", "enabled", "mode", "crop"],
     "PatchbayICLoraPanel": ["width", "height", "layout", "panels", "crop"],
     "PatchbayICLoraCropGuides": [],
     "PatchbayICLoraCropPanel": [],

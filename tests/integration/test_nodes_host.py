@@ -99,7 +99,7 @@ def test_object_info_schema(comfy, comfy_client):
     assert "clip" in loader["input"]["optional"]
     assert loader["output"] == ["MODEL", "CLIP"]
     assert info["PatchbayLoraStack"]["input"]["required"]["rows"][1]["multiline"] is True
-    assert info["PatchbayApplyLoraStack"]["output"] == ["MODEL", "CLIP", "STRING", "STRING"]
+    assert info["PatchbayApplyLoraStack"]["output"] == ["MODEL", "CLIP", "STRING", "STRING", "IC_LORA"]
 
 
 # ---------------------------------------------------------------- weights vs core

@@ -33,6 +33,7 @@ from ..lora_core.iclora import (
 )
 from ..lora_core.iclora.crop import GuideRecord
 from .host import MODES as PATCH_MODES
+from .loaders import MODE_TOOLTIP, strength_input
 
 log = logging.getLogger("lora-patchbay.iclora")
 
@@ -756,14 +757,10 @@ class PatchbayICLoraLoader:
         return {"required": {
             "model": ("MODEL", {"tooltip": "The diffusion model (LTX-Video, LTX-2 or an image model)."}),
             "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "The IC-LoRA file."}),
-            "strength": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
-                                   "tooltip": "LoRA strength. 0 disables the LoRA and its guides."}),
+            "strength": strength_input("LoRA strength. 0 disables the LoRA and its guides."),
             "enabled": ("BOOLEAN", {"default": True,
                                     "tooltip": "Off: no LoRA weights and no guides (base result)."}),
-            "mode": (list(PATCH_MODES), {"default": "merge", "tooltip": (
-                "merge: add the LoRA into the weights. bypass: run it as a side path without touching "
-                "the weights (quantized or offloaded models). auto: bypass for quantized/offloaded "
-                "weights, merge otherwise.")}),
+            "mode": (list(PATCH_MODES), {"default": "merge", "tooltip": MODE_TOOLTIP}),
             "crop": (list(CROP_CHOICES), {"default": "auto", "tooltip": (
                 "auto: guide frames and reference panels are removed after sampling without an extra "
                 "node. manual: use IC-LoRA Crop Guides / Crop Panel yourself (two-stage pipelines).")}),

@@ -12,9 +12,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Sequence
-
-import torch
+from typing import Callable, Mapping, Optional, Sequence
 
 from .errors import LoraFileError, PatchbayError
 from .io import hash_file, load_state_dict, read_header

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Optional
 
 from .errors import StackError
 from .stack import BlockWeights

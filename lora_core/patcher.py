@@ -32,15 +32,14 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
 from .errors import ModelMismatchError, NonFiniteError, PatchbayError, ShapeMismatchError
-from .ir import LoraWeights, Slice
-from .kinds import delta_weight
-from .kinds.lora import factors
+from .ir import Slice
 from .plan import Contribution, PatchPlan, normalized
+from .stack_delta import concat_factors, is_plain_lora, kind_delta, row_slice, target_shape as shape_after_patch, view_shape
 
 Tensor = torch.Tensor
 
@@ -128,11 +127,6 @@ class _Group:
         self.biases: list[Contribution] = []
         self.b: Optional[Tensor] = None  # (rows, R) with strengths and scales folded
         self.a: Optional[Tensor] = None  # (R, cols)
-
-
-def _is_plain_lora(c: Contribution) -> bool:
-    p = c.resolved.patch
-    return c.part == "weight" and isinstance(p.weight, LoraWeights) and p.dora is None
 
 
 def _module_name(c: Contribution) -> str:
@@ -325,7 +319,7 @@ class MergePatcher:
         backup = self._backups.get(key)
         shape = backup.shape if backup is not None else param.shape
         dtype = backup.dtype if backup is not None else param.dtype
-        target_shape = self._target_shape(key, contribs, shape)
+        target_shape = shape_after_patch(key, contribs, shape)
         groups = self._groups(key, contribs, target_shape)
         fast = (target_shape == shape and param.is_contiguous() and param.shape == shape
                 and len(shape) >= 1 and all(not g.dense and not g.biases for g in groups)
@@ -340,33 +334,10 @@ class MergePatcher:
         return self._write_whole(key, param, groups, backup, shape, dtype, target_shape, stats)
 
     @staticmethod
-    def _target_shape(key: str, contribs: Iterable[Contribution], shape: torch.Size) -> torch.Size:
-        shapes = {tuple(c.resolved.patch.reshape) for c in contribs
-                  if c.part == "weight" and c.resolved.patch.reshape}
-        if not shapes:
-            return shape
-        if len(shapes) > 1:
-            raise ShapeMismatchError(f"LoRAs ask to reshape this weight to different shapes {sorted(shapes)}",
-                                     key=key, fix="use only one of these LoRAs")
-        new = torch.Size(next(iter(shapes)))
-        if len(new) != len(shape) or any(n < o for n, o in zip(new, shape)):
-            files = ", ".join(sorted({c.file for c in contribs if c.file})) or None
-            raise ShapeMismatchError(f"reshape_weight {tuple(new)} cannot hold the weight {tuple(shape)}",
-                                     file=files, key=key)
-        return new
-
-    @staticmethod
     def _groups(key: str, contribs: tuple[Contribution, ...], shape: torch.Size) -> list[_Group]:
         groups: dict[Optional[Slice], _Group] = {}
         for c in contribs:
-            s = c.resolved.slice
-            if s is not None:
-                if c.part == "bias" and (len(shape) != 1 or s.dim != 0):
-                    s = None
-                elif s.dim >= len(shape) or s.start < 0 or s.start + s.length > shape[s.dim]:
-                    raise ShapeMismatchError(
-                        f"slice {s.start}:{s.start + s.length} of dim {s.dim} lies outside the "
-                        f"parameter's shape {tuple(shape)}", file=c.file or None, key=key)
+            s = row_slice(key, c, shape)
             group = groups.get(s)
             if group is None:
                 group = groups[s] = _Group(s)
@@ -376,37 +347,14 @@ class MergePatcher:
                 group.biases.append(c)
             elif c.resolved.patch.weight is None:
                 continue
-            elif _is_plain_lora(c):
+            elif is_plain_lora(c):
                 group.loras.append(c)
             else:
                 group.dense.append(c)
         return list(groups.values())
 
-    @staticmethod
-    def _view_shape(group: _Group, shape: torch.Size) -> torch.Size:
-        if group.slice is None:
-            return shape
-        dims = list(shape)
-        dims[group.slice.dim] = group.slice.length
-        return torch.Size(dims)
-
     def _concat_factors(self, key: str, group: _Group, shape: torch.Size, device: torch.device) -> None:
-        view = self._view_shape(group, shape)
-        rows = view[0]
-        cols = math.prod(view[1:]) if len(view) > 1 else 1
-        bs, as_ = [], []
-        for c in group.loras:
-            patch = c.resolved.patch
-            b, a = factors(patch.weight, view)
-            if b.shape[0] != rows or a.shape[1] != cols or b.shape[1] != a.shape[0]:
-                raise ShapeMismatchError(
-                    f"LoRA module {patch.name!r} gives ΔW {b.shape[0]}×{a.shape[1]} but the "
-                    f"target is {tuple(view)}", file=c.file or None, key=key,
-                    fix="this LoRA was made for another model")
-            bs.append(b * (c.strength * patch.scale))
-            as_.append(a)
-        group.b = torch.cat(bs, dim=1).to(device) if len(bs) > 1 else bs[0].to(device)
-        group.a = torch.cat(as_, dim=0).to(device) if len(as_) > 1 else as_[0].to(device)
+        group.b, group.a = concat_factors(key, group.loras, view_shape(group.slice, shape), device)
 
     def _workspace(self, device: torch.device, numel: int) -> Tensor:
         ws = self._workspaces.get(device)
@@ -496,7 +444,7 @@ class MergePatcher:
             if g.dense:
                 base_view = base if g.slice is None else base.narrow(g.slice.dim, g.slice.start, g.slice.length)
                 for c in g.dense:
-                    view.add_(self._dense_delta(key, c, base_view), alpha=c.strength)
+                    view.add_(kind_delta(key, c, base_view), alpha=c.strength)
                     stats.dense_deltas += 1
             for c in g.biases:
                 patch = c.resolved.patch
@@ -520,25 +468,6 @@ class MergePatcher:
         else:
             param.data = out.to(dtype)
         return flag
-
-    @staticmethod
-    def _dense_delta(key: str, c: Contribution, base: Tensor) -> Tensor:
-        patch = c.resolved.patch
-        try:
-            delta = delta_weight(patch, base)
-        except PatchbayError:
-            raise
-        except (RuntimeError, ValueError, IndexError) as e:
-            raise ShapeMismatchError(
-                f"{patch.kind.value if patch.kind else 'patch'} module {patch.name!r} does not fit "
-                f"the weight {tuple(base.shape)}: {str(e).splitlines()[0][:200]}",
-                file=c.file or None, key=key, fix="this LoRA was made for another model") from None
-        if delta.shape != base.shape:
-            raise ShapeMismatchError(
-                f"module {patch.name!r} gives ΔW {tuple(delta.shape)} for a weight "
-                f"{tuple(base.shape)}", file=c.file or None, key=key)
-        return delta
-
 
 def _bad_flag(low: Tensor, high: Tensor, dtype: torch.dtype) -> Tensor:
     limit = _overflow_limit(dtype)

@@ -48,11 +48,11 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.weight_adapter
 
-from ..lora_core.errors import NonFiniteError, ShapeMismatchError
-from ..lora_core.ir import CoverageReport, Kind, LoraFile, LoraWeights, Slice
-from ..lora_core.kinds import delta_weight
-from ..lora_core.kinds.lora import factors
+from ..lora_core.errors import NonFiniteError
+from ..lora_core.ir import CoverageReport, LoraFile
 from ..lora_core.plan import Contribution, PatchPlan, build_plan, normalized
+from ..lora_core.stack_delta import base_independent, plain_factors, target_shape
+from ..lora_core.stack_delta import stack_delta as pure_stack_delta
 
 log = logging.getLogger("lora-patchbay")
 
@@ -74,7 +74,6 @@ HAS_INJECTIONS = hasattr(comfy.model_patcher.ModelPatcher, "set_injections")
 
 FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
                                             "float8_e5m2fnuz") if hasattr(torch, n))
-_BASE_FREE_KINDS = (Kind.LORA, Kind.LOHA, Kind.LOKR, Kind.FULL)
 
 
 # =============================================================== byte-bounded LRU
@@ -225,148 +224,22 @@ def clear_caches() -> None:
 
 
 # =============================================================== per-parameter maths
-
-def _is_plain_lora(c: Contribution) -> bool:
-    p = c.resolved.patch
-    return c.part == "weight" and isinstance(p.weight, LoraWeights) and p.dora is None
-
-
-def base_independent(contribs: Iterable[Contribution]) -> bool:
-    """True when ΔW does not read W₀ (so a cached ΔW is valid for any base)."""
-    for c in contribs:
-        if c.part == "bias":
-            continue
-        p = c.resolved.patch
-        if p.dora is not None or p.weight is None or p.weight.kind not in _BASE_FREE_KINDS:
-            return False
-    return True
-
-
-def target_shape(key: str, contribs: Iterable[Contribution], shape: torch.Size) -> torch.Size:
-    """The weight's shape after patching (``reshape_weight`` may enlarge it)."""
-    shapes = {tuple(c.resolved.patch.reshape) for c in contribs
-              if c.part == "weight" and c.resolved.patch.reshape}
-    if not shapes:
-        return torch.Size(shape)
-    if len(shapes) > 1:
-        raise ShapeMismatchError(f"LoRAs ask to reshape this weight to different shapes {sorted(shapes)}",
-                                 key=key, fix="use only one of these LoRAs")
-    new = torch.Size(next(iter(shapes)))
-    if len(new) != len(shape) or any(n < o for n, o in zip(new, shape)):
-        raise ShapeMismatchError(f"reshape_weight {tuple(new)} cannot hold the weight {tuple(shape)}", key=key)
-    return new
-
-
-def _view_shape(slice_: Optional[Slice], shape: torch.Size) -> torch.Size:
-    if slice_ is None:
-        return shape
-    dims = list(shape)
-    dims[slice_.dim] = slice_.length
-    return torch.Size(dims)
-
+# The maths itself is lora_core.stack_delta; the host only adds its caches.
 
 def _factors_on(c: Contribution, view: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, A) fp32 on ``device`` at scale 1, cached per module patch and device."""
-    patch = c.resolved.patch
-    key = (patch, device, tuple(view))
+    key = (c.resolved.patch, device, tuple(view))
     hit = FACTOR_CACHE.get(key)
     if hit is not None:
         return hit
-    b, a = factors(patch.weight, view)
-    b = b.to(device=device, dtype=torch.float32)
-    a = a.to(device=device, dtype=torch.float32)
+    b, a = plain_factors(c, view, device)
     FACTOR_CACHE.put(key, (b, a))
     return b, a
 
 
-def _group(contribs: tuple[Contribution, ...], shape: torch.Size, key: str):
-    groups: "OrderedDict[Optional[Slice], list[Contribution]]" = OrderedDict()
-    for c in contribs:
-        s = c.resolved.slice
-        if s is not None and c.part == "bias" and (len(shape) != 1 or s.dim != 0):
-            s = None
-        if s is not None and (s.dim >= len(shape) or s.start < 0 or s.start + s.length > shape[s.dim]):
-            raise ShapeMismatchError(f"slice {s.start}:{s.start + s.length} of dim {s.dim} lies outside "
-                                     f"the parameter's shape {tuple(shape)}", file=c.file or None, key=key)
-        groups.setdefault(s, []).append(c)
-    return groups
-
-
-def _group_delta(key: str, items: list[Contribution], view: torch.Size, base_view: Optional[torch.Tensor],
-                 device: torch.device) -> Optional[torch.Tensor]:
-    rows = view[0] if len(view) else 1
-    loras = [c for c in items if _is_plain_lora(c)]
-    out: Optional[torch.Tensor] = None
-    if loras:
-        bs, as_ = [], []
-        for c in loras:
-            b, a = _factors_on(c, view, device)
-            cols = a.shape[1]
-            if b.shape[0] != rows or b.shape[1] != a.shape[0] or b.shape[0] * cols != view.numel():
-                raise ShapeMismatchError(
-                    f"LoRA module {c.resolved.patch.name!r} gives ΔW {b.shape[0]}×{cols} but the target "
-                    f"is {tuple(view)}", file=c.file or None, key=key, fix="this LoRA was made for another model")
-            bs.append(b * (c.strength * c.resolved.patch.scale))
-            as_.append(a)
-        b_cat = bs[0] if len(bs) == 1 else torch.cat(bs, dim=1)
-        a_cat = as_[0] if len(as_) == 1 else torch.cat(as_, dim=0)
-        out = torch.mm(b_cat, a_cat).view(view)
-    for c in items:
-        if _is_plain_lora(c):
-            continue
-        patch = c.resolved.patch
-        if c.part == "bias":
-            if patch.bias is None:
-                continue
-            d = patch.bias.to(device=device, dtype=torch.float32).reshape(view) * (c.strength * patch.bias_scale)
-        else:
-            if patch.weight is None:
-                continue
-            base = base_view if base_view is not None else torch.zeros(view, device=device)
-            try:
-                d = delta_weight(patch, base.to(torch.float32)).to(device)
-            except (RuntimeError, ValueError, IndexError) as e:
-                raise ShapeMismatchError(
-                    f"{patch.kind.value if patch.kind else 'patch'} module {patch.name!r} does not fit the "
-                    f"weight {tuple(view)}: {str(e).splitlines()[0][:200]}", file=c.file or None, key=key,
-                    fix="this LoRA was made for another model") from None
-            d = d * c.strength
-        out = d if out is None else out.add_(d)
-    return out
-
-
 def stack_delta(key: str, contribs: tuple[Contribution, ...], base: torch.Tensor,
                 shape: Optional[torch.Size] = None) -> torch.Tensor:
-    """D (fp32, ``shape``) such that the patched weight is ``W₀ + D``.
-
-    ``base``: W₀ (any float dtype, any device; only read by base-dependent
-    kinds).  Pure: never writes ``base``.
-    """
-    shape = torch.Size(shape if shape is not None else base.shape)
-    device = base.device
-    groups = _group(contribs, shape, key)
-    base32 = None
-    if not base_independent(contribs):
-        base32 = base.to(torch.float32)
-        if base32.shape != shape:
-            padded = torch.zeros(shape, dtype=torch.float32, device=device)
-            padded[tuple(slice(0, n) for n in base32.shape)].copy_(base32)
-            base32 = padded
-    if len(groups) == 1 and None in groups:
-        out = _group_delta(key, groups[None], shape, base32, device)
-        return out if out is not None else torch.zeros(shape, dtype=torch.float32, device=device)
-    total = torch.zeros(shape, dtype=torch.float32, device=device)
-    for s, items in groups.items():
-        view = _view_shape(s, shape)
-        base_view = None
-        if base32 is not None:
-            base_view = base32 if s is None else base32.narrow(s.dim, s.start, s.length)
-        d = _group_delta(key, items, view, base_view, device)
-        if d is None:
-            continue
-        target = total if s is None else total.narrow(s.dim, s.start, s.length)
-        target.add_(d)
-    return total
+    return pure_stack_delta(key, contribs, base, shape, factor_source=_factors_on)
 
 
 def cached_stack_delta(key: str, contribs: tuple[Contribution, ...], base: torch.Tensor,

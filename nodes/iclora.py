@@ -13,7 +13,6 @@ window.  No model input, loader or extra node is needed for it.
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 
@@ -26,7 +25,7 @@ import folder_paths
 import node_helpers
 
 from ..lora_core.iclora import (
-    ICLoraError, LAYOUTS, PanelLayout, VAE_SCALE, count_appended_frames, crop_guides, crop_panels,
+    ICLoraError, LAYOUTS, PanelLayout, count_appended_frames, crop_guides, crop_panels,
     dilate_latent, guide_keyframe_coords, guide_noise_mask, base_noise_mask, merge_factors, next_record,
     panel_layout, panel_noise_mask, parse_ic_metadata, plan_guide, step_active, biased_attention,
     mask_to_token_weights, token_bias,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter, defaultdict
-from typing import Optional
 
 from ..lora_core.blocks import classify_key
 from ..lora_core.errors import PatchbayError

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Optional, Protocol
+from typing import Iterable, Mapping, Optional, Protocol
 
 import torch
 

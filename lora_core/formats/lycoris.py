@@ -54,6 +54,14 @@ def _bad(ctx: ParseContext, module: str, message: str) -> FormatError:
                        fix="the file is damaged or was written by an unknown tool")
 
 
+def _require(ctx: ParseContext, module: str, parts: Parts, need: tuple[str, ...], kind: str) -> list:
+    """The tensors of ``need``, or an error naming the missing suffixes."""
+    missing = [s for s in need if s not in parts]
+    if missing:
+        raise _bad(ctx, module, f"{kind} is incomplete: {missing} missing")
+    return [parts[s] for s in need]
+
+
 def factor_scale(ctx: ParseContext, module: str, parts: Parts, rank: int, consumed: set[str]) -> float:
     """``scale`` / ``alpha`` tensors win; else a PEFT LoHa/LoKr config; else 1."""
     if ".scale" not in parts and ".alpha" not in parts:
@@ -82,11 +90,8 @@ class LohaParser:
 
     def parse(self, ctx: ParseContext, module: str, parts: Parts):
         need = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
-        missing = [s for s in need if s not in parts]
-        if missing:
-            raise _bad(ctx, module, f"LoHa is incomplete: {missing} missing")
+        w1a, w1b, w2a, w2b = _require(ctx, module, parts, need, "LoHa")
         consumed = set(need)
-        w1a, w1b, w2a, w2b = (parts[s] for s in need)
         t1, t2 = parts.get(".hada_t1"), parts.get(".hada_t2")
         if (t1 is None) != (t2 is None):
             raise _bad(ctx, module, "LoHa Tucker needs both hada_t1 and hada_t2")
@@ -189,11 +194,8 @@ class GloraParser:
 
     def parse(self, ctx: ParseContext, module: str, parts: Parts):
         need = (".a1.weight", ".a2.weight", ".b1.weight", ".b2.weight")
-        missing = [s for s in need if s not in parts]
-        if missing:
-            raise _bad(ctx, module, f"GLoRA is incomplete: {missing} missing")
+        a1, a2, b1, b2 = _require(ctx, module, parts, need, "GLoRA")
         consumed = set(need)
-        a1, a2, b1, b2 = (parts[s] for s in need)
         s = [tuple(t.shape) for t in (a1, a2, b1, b2)]
         if any(len(x) < 2 for x in s):
             raise _bad(ctx, module, "GLoRA factors must be matrices")

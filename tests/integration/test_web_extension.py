@@ -208,6 +208,58 @@ def test_stack_add_lora_and_toggle_all(page, web_comfy, web_lora, tmp_path):
     assert _rows(page, nid) == "<lora:x:1>"
 
 
+# Hostile names (issue 8): a file and a folder whose names are HTML that runs script when parsed.
+HOSTILE_FILE = '"><img src=x onerror=window.__pwned=1>.safetensors'
+HOSTILE_FOLDER = "<svg onload=window.__pwned=2>"
+SHOTS = Path(os.environ.get("PATCHBAY_SHOTS", "/tmp/patchbay/shots"))
+
+
+@pytest.fixture(scope="module")
+def hostile_loras(web_comfy, tmp_path_factory) -> list[str]:
+    srv, _ = web_comfy
+    path = write_tiny_sd15_lora(tmp_path_factory.mktemp("hostile-lora") / "hostile.safetensors")
+    return [srv.add_model("loras", path, HOSTILE_FILE),
+            srv.add_model("loras", path, f"{HOSTILE_FOLDER}/x.safetensors")]
+
+
+def _set_renderer(page, srv, vue: bool) -> bool:
+    """Switch Nodes 2.0 on/off and reload; False when this frontend has no such mode."""
+    srv.client.post("/settings/Comfy.VueNodes.Enabled", vue)
+    page.reload()
+    page.wait_for_function("() => window.app && window.app.graph && window.app.extensions"
+                           " && window.app.extensions.some(e => e.name === 'lora-patchbay.web')", timeout=120_000)
+    page.keyboard.press("Escape")
+    return page.evaluate("() => !!app.extensionManager?.setting?.get?.('Comfy.VueNodes.Enabled')") == vue
+
+
+@pytest.mark.parametrize("renderer", ["classic", "vue"])
+def test_stack_menu_shows_hostile_names_as_text(page, web_comfy, hostile_loras, renderer):
+    srv, _ = web_comfy
+    try:
+        if not _set_renderer(page, srv, renderer == "vue"):
+            pytest.skip("this frontend has no Vue node mode")
+        page.evaluate("() => { delete window.__pwned; app.graph.clear(); }")
+        nid = _add_node(page, "PatchbayLoraStack", (200, 120))
+        _click_button(page, nid, "Add LoRA")
+        menu = page.locator(".litecontextmenu").first
+        menu.wait_for(state="visible", timeout=15_000)
+        page.wait_for_timeout(1500)  # an injected <img src=x> has errored by now
+        texts = menu.locator(".litemenu-entry").all_text_contents()
+        for name in hostile_loras:
+            assert name in texts, f"{name!r} not shown as text among {texts}"
+        assert menu.locator("img, svg").count() == 0
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / f"xss-menu-{srv.version}-{renderer}.png"))
+        assert page.evaluate("() => window.__pwned ?? null") is None, "a file name ran script"
+        menu.locator(".litemenu-entry", has_text="onerror").first.click()
+        page.wait_for_function("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'rows')"
+                               ".value.includes('onerror')", arg=nid, timeout=10_000)
+        assert json.loads(_rows(page, nid))[0]["lora"] == HOSTILE_FILE
+    finally:
+        if renderer == "vue":
+            _set_renderer(page, srv, False)
+
+
 def test_info_text_rendered_on_node(page, web_comfy, web_lora, tmp_path):
     page.evaluate("() => app.graph.clear()")
     _add_node(page, "PatchbayLoraStack", (40, 40))

@@ -105,7 +105,7 @@ def test_absurd_rank_header_is_refused(tmp_path):
 
 def test_wrong_architecture_is_named(tmp_path):
     # kohya SDXL-style names (input_blocks 4.1 with transformer depth) against an SD1.5-like model
-    from model_keys import sd15_unet
+    from fixtures.model_keys import sd15_unet
     sd15 = sd15_unet()  # real SD1.5 key names and shapes (sd-mecha), ComfyUI naming
     lora = _kohya(tmp_path / "sdxl.safetensors", {
         "lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k.lora_up.weight": torch.randn(640, 2),

@@ -1,5 +1,5 @@
 """Regressions found while running the pack inside ComfyUI."""
-from model_keys import lora_file, lora_patch, sd15_clip, sd15_unet
+from fixtures.model_keys import lora_file, lora_patch, sd15_clip, sd15_unet
 
 from lora_core.resolve import resolve_targets
 

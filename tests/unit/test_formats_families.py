@@ -8,7 +8,7 @@ from lora_core.formats import parse_file, parse_state_dict
 from lora_core.ir import Kind, SetWeights
 from lora_core.kinds import delta_weight
 
-from lora_files import RTOL, rel_err, write
+from fixtures.lora_files import RTOL, rel_err, write
 
 H, R = 8, 2  # tiny Flux: hidden 8 (3h qkv rows, 4h mlp), rank 2
 

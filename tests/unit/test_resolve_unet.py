@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-import model_keys as mk
+from fixtures import model_keys as mk
 from lora_core.resolve import detect_model_family, guess_lora_family, resolve_targets
 
 SD1_CONFIG = dict(layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),

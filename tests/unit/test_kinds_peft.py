@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
-from lycoris_files import relative_error
-from peft_tuner_files import VARIANTS, module_of, peft_file, unsupported_file
+from fixtures.lycoris_files import relative_error
+from fixtures.peft_tuner_files import VARIANTS, module_of, peft_file, unsupported_file
 from lora_core.formats import parse_file, parse_state_dict
 from lora_core.ir import BoftWeights, Ia3Weights, LohaWeights, LokrWeights, OftWeights
 from lora_core.kinds import delta_weight

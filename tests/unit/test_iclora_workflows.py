@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-WF = Path(__file__).resolve().parents[1] / "workflows"
+WF = Path(__file__).resolve().parents[2] / "workflows"
 FILES = ["iclora-ltx-control.json", "iclora-ltx-two-stage.json", "flux-incontext-panel.json"]
 # widget values of our nodes, in order (sockets excluded)
 OUR_WIDGETS = {

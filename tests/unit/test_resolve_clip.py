@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-import model_keys as mk
+from fixtures import model_keys as mk
 from lora_core.resolve import detect_model_family, guess_lora_family, resolve_targets
 
 CLIP_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj",

@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from lora_core.metadata import LoraMetadata, base_family, read_metadata
 
-from lora_files import diffusers_unet_lora, lycoris_kohya  # noqa: F401 (fixtures)
+from fixtures.lora_files import diffusers_unet_lora, lycoris_kohya  # noqa: F401 (fixtures)
 
 
 def _header(path: str) -> dict[str, str]:
@@ -130,3 +130,15 @@ def test_malformed_values_warn_not_raise():
 def test_base_family_none():
     assert base_family(None) is None and base_family("") is None
     assert base_family("swan lake") is None  # "wan" needs a word boundary
+
+
+@pytest.mark.parametrize("depth", [500, 300_000])
+@pytest.mark.parametrize("key", ["ss_tag_frequency", "ss_network_args", "lora_adapter_metadata"])
+def test_hostile_nesting_in_json_values_warns_not_raises(key, depth):
+    nest = "[" * depth + "]" * depth
+    wrapped = {"ss_tag_frequency": '{"d": {"tag": ' + nest + "}}",
+               "ss_network_args": '{"algo": ' + nest + "}",
+               "lora_adapter_metadata": '{"r": ' + nest + "}"}[key]
+    for raw in (nest, wrapped):
+        m = read_metadata({key: raw})
+        assert any(key in w and "nested" in w for w in m.warnings), m.warnings

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class TinyNet(torch.nn.Module):
@@ -127,3 +127,34 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "broken.safetensors" in lines[0]
+
+
+def _deep_header_file(path, depth=300_000):
+    import struct
+    raw = ('{"x": ' + "[" * depth + "]" * depth + "}").encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    return path
+
+
+def test_deeply_nested_header_exits_2_with_one_line(peft_case, tmp_path):
+    model, _, _ = peft_case
+    deep = _deep_header_file(tmp_path / "deep.safetensors")
+    out = tmp_path / "out.safetensors"
+    for args in (("inspect", deep), ("apply", "--model", model, "--lora", deep, "--out", out),
+                 ("apply", "--model", deep, "--lora", deep, "--out", out)):
+        proc = run(*args, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2, proc.stderr[-500:]
+        assert len(lines) == 1 and "deep.safetensors" in lines[0] and "header" in lines[0]
+    assert not out.exists()
+
+
+def test_hostile_nesting_in_metadata_strings_is_a_warning(tmp_path):
+    nest = "[" * 300_000 + "]" * 300_000
+    path = tmp_path / "meta.safetensors"
+    save_file({"a.lora_down.weight": torch.randn(2, 8), "a.lora_up.weight": torch.randn(8, 2)}, str(path),
+              metadata={"ss_tag_frequency": nest, "ss_network_args": nest, "lora_adapter_metadata": nest})
+    proc = run("inspect", path, "--json", check=False)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    warnings = json.loads(proc.stdout)["metadata"]["warnings"]
+    assert any("ss_tag_frequency" in w for w in warnings)

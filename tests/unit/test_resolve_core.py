@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model_keys as mk
+from fixtures import model_keys as mk
 from lora_core.ir import (BoftWeights, FullWeights, GloraWeights, Ia3Weights, LohaWeights, LokrWeights,
                           LoraWeights, ModulePatch, OftWeights, SetWeights)
 from lora_core.resolve import model_context, resolve_targets

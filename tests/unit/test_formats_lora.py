@@ -16,7 +16,7 @@ from lora_core.formats import parse_file, parse_state_dict
 from lora_core.formats.lora import RANK_ABOVE_FULL_NOTE, UNKNOWN_SCALE_NOTE
 from lora_core.kinds import delta_weight
 
-from lora_files import (RTOL, Golden, diffusers_unet_lora, lycoris_dora_in,  # noqa: F401 (fixtures)
+from fixtures.lora_files import (RTOL, Golden, diffusers_unet_lora, lycoris_dora_in,  # noqa: F401 (fixtures)
                         lycoris_dora_out, lycoris_dylora, lycoris_kohya, lycoris_locon, lycoris_tucker,
                         max_rel_err, peft_dora, peft_lora, peft_lora_without_config, rel_err, write)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lycoris_files import STANDALONE, effective_weight, kohya_file, relative_error, standalone_file
+from fixtures.lycoris_files import STANDALONE, effective_weight, kohya_file, relative_error, standalone_file
 from lora_core.formats import parse_file, parse_state_dict
 from lora_core.ir import BoftWeights, FullWeights, Ia3Weights, LokrWeights, LoraWeights, OftWeights
 from lora_core.kinds import delta_weight

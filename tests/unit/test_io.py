@@ -120,3 +120,32 @@ def test_hashes(small_file):
     assert h.autov2 == h.sha256[:10]
     (n,) = struct.unpack("<Q", data[:8])
     assert h.addnet == hashlib.sha256(data[8 + n:]).hexdigest()
+
+
+DEEP = 300_000  # far past Python's recursion limit; json.loads alone raises RecursionError
+
+
+@pytest.mark.parametrize("where", ["tensor", "metadata", "shape"])
+def test_deeply_nested_header_is_a_header_fault(tmp_path, where):
+    nest = "[" * DEEP + "]" * DEEP
+    if where == "tensor":
+        raw = '{"x": ' + nest + "}"
+    elif where == "metadata":
+        raw = '{"__metadata__": {"k": ' + nest + "}}"
+    else:
+        raw = '{"x": {"dtype": "F32", "shape": ' + nest + ', "data_offsets": [0, 0]}}'
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw.encode())
+    with pytest.raises(LoraFileError) as err:
+        read_header(str(path))
+    text = str(err.value)
+    assert "deep.safetensors" in text and "header" in text and "\n" not in text
+
+
+def test_moderate_nesting_is_refused_too(tmp_path):
+    # Parses with json.loads but is no safetensors header: later walks must never see it.
+    raw = '{"__metadata__": {"k": ' + "[" * 500 + "]" * 500 + "}}"
+    path = tmp_path / "deepish.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw.encode())
+    with pytest.raises(LoraFileError, match="nested"):
+        read_header(str(path))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import model_keys as mk
+from fixtures import model_keys as mk
 from lora_core.ir import FullWeights, ModulePatch
 from lora_core.resolve import detect_model_family, guess_lora_family, resolve_targets
 from lora_core.resolve import ltx as ltx_rules

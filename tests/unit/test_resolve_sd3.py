@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-import model_keys as mk
+from fixtures import model_keys as mk
 from lora_core.ir import Slice
 from lora_core.resolve import detect_model_family, guess_lora_family, resolve_targets
 

@@ -147,7 +147,7 @@ def test_lycoris_standalone(request, fixture):
 def test_lycoris_dylora_file_semantics(lycoris_dylora: Golden):
     """LyCORIS' own loader reads the DyLoRA file as alpha/rank · up·down, like us."""
     from lycoris import create_lycoris_from_weights
-    from lora_files import Wrapped
+    from fixtures.lora_files import Wrapped
     model = Wrapped()
     model.load_state_dict(lycoris_dylora.extra["model"].state_dict(), strict=False)
     # LyCORIS cannot reload its own conv DyLoRA saves (a 2-D up for a conv), so linears only.
@@ -400,7 +400,7 @@ def test_end_to_end_merge_into_the_unet(diffusers_unet_lora: Golden, lycoris_koh
     from safetensors.torch import load_file
 
     from lora_core.api import apply
-    from lora_files import tiny_unet
+    from fixtures.lora_files import tiny_unet
     model = {k: v.detach().clone() for k, v in tiny_unet().state_dict().items()}
     model_path = write(tmp_path_factory, "unet_model", model)
     s = 0.6

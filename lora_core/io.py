@@ -18,6 +18,7 @@ from typing import Mapping
 import torch
 
 from .errors import LoraFileError, NonFiniteError, UnsafeFileError
+from .jsontext import JsonNestingError, loads_bounded
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -83,7 +84,9 @@ def read_header(path: str) -> SafetensorsHeader:
     except OSError as e:
         raise LoraFileError(f"file cannot be read ({e})", file=path) from None
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = loads_bounded(raw.decode("utf-8"))
+    except JsonNestingError as e:
+        raise _fail(path, f"safetensors header is not valid JSON ({e})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _fail(path, f"safetensors header is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(doc, dict):

@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from .jsontext import JsonNestingError, loads_bounded
+
 # Trigger words kept from ss_tag_frequency (a caption set can have thousands of tags).
 MAX_TRIGGER_WORDS = 64
 
@@ -92,7 +94,10 @@ def _json(raw: Optional[str], key: str, warnings: list[str]) -> Any:
     if raw is None or raw == "":
         return None
     try:
-        return json.loads(raw)
+        return loads_bounded(raw)
+    except JsonNestingError as e:
+        warnings.append(f"metadata {key} is not valid JSON ({e}); ignored")
+        return None
     except (json.JSONDecodeError, TypeError):
         warnings.append(f"metadata {key} is not valid JSON; ignored")
         return None

@@ -15,7 +15,6 @@ Nothing is dropped silently: every key no parser consumes becomes an
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional, Protocol
@@ -24,6 +23,7 @@ import torch
 
 from ..errors import FormatError, LoraFileError
 from ..io import load_state_dict
+from ..jsontext import loads_bounded
 from ..ir import LoraFile, ModulePatch, UnusedKey
 
 
@@ -108,20 +108,20 @@ def _load_peft_config(path: str, metadata: Mapping[str, str]) -> Optional[dict]:
     raw = metadata.get("lora_adapter_metadata")
     if raw:
         try:
-            cfg = json.loads(raw)
+            cfg = loads_bounded(raw)
             if isinstance(cfg, dict):
                 return cfg
-        except json.JSONDecodeError:
+        except ValueError:  # bad syntax or hostile nesting: metadata.py already warns
             pass
     if path and os.path.isfile(path):
         side = os.path.join(os.path.dirname(path), "adapter_config.json")
         if os.path.isfile(side):
             try:
                 with open(side, "r", encoding="utf-8") as f:
-                    cfg = json.load(f)
+                    cfg = loads_bounded(f.read())
                 if isinstance(cfg, dict):
                     return cfg
-            except (OSError, json.JSONDecodeError):
+            except (OSError, ValueError):
                 pass
     return None
 

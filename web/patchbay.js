@@ -57,6 +57,12 @@ export function toggledAll(rows) {
 
 // ------------------------------------------------------------------ helpers
 
+// For the few frontend APIs that take HTML (ContextMenu entries): text as inert markup.
+export function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) =>
+    ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
 function rowsWidget(node) {
   return node.widgets?.find((w) => w.name === ROWS_WIDGET);
 }
@@ -105,13 +111,17 @@ async function chooseLora(node, event) {
     notify("This frontend has no context menu; type the row into the rows text instead.");
     return;
   }
-  new Menu(names, {
+  // The frontend's ContextMenu writes an entry's `content`/`title` with innerHTML,
+  // so file and folder names (untrusted text) go in escaped; the raw name rides
+  // along in `lora`, which the menu never renders.
+  const entries = names.map((name) => ({ content: escapeHtml(name), title: escapeHtml(name), lora: name }));
+  new Menu(entries, {
     event,
     title: "Add LoRA",
     scale: Math.max(1, app.canvas?.ds?.scale ?? 1),
     className: "patchbay-lora-menu",
     callback: (value) => {
-      const name = typeof value === "string" ? value : value?.content ?? value?.value;
+      const name = typeof value?.lora === "string" ? value.lora : null;
       if (name) addLora(node, name);
     },
   });

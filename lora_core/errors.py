@@ -57,3 +57,11 @@ class NonFiniteError(LoraFileError):
 
 class StackError(PatchbayError):
     """A stack entry is invalid (unknown name, path traversal, bad strength)."""
+
+
+class SweepError(StackError):
+    """A sweep specification is invalid: no values, too many, a bad value or axis."""
+
+
+class RenderError(PatchbayError):
+    """Batch rendering against ComfyUI servers failed: unreachable server, failed prompt, bad workflow."""

@@ -1,7 +1,7 @@
 """``python -m lora_core``: inspect, check and apply LoRA files.
 
 Exit codes: 0 success; 1 ``check --strict`` found unmatched keys; 2 bad input
-(unreadable or corrupt file, bad arguments).  Errors print one line on stderr.
+(unreadable or corrupt file, a LoRA ``apply`` refuses, bad arguments).  Errors print one line on stderr.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from typing import Optional, Sequence
 
 from . import __version__
-from .errors import PatchbayError
+from .errors import FormatError, ModelMismatchError, PatchbayError
 
 
 class ProgressBar:
@@ -94,6 +94,37 @@ def _print_report(data: dict) -> None:
             print(f"    … {len(items) - 10} more")
 
 
+def _apply_refusal(path: str, model: str, partial: bool) -> Optional[PatchbayError]:
+    """Why ``apply`` must not bake this LoRA into this model, or None.
+
+    A file that matches nothing is refused even with ``--partial`` (the output
+    would be the input); damaged modules (invalid tensors) and modules that do
+    not fit the model are refused unless ``--partial`` asks for what fits.
+    """
+    from . import api
+    report = api.check(path, model)
+    damaged = api.open_lora(path).unused
+    if not report.matched:
+        first = next(iter(report.unmatched or report.elsewhere), None)
+        why = report.family_warning or (f"{first.reason}: {first.detail}" if first else "no modules")
+        key = first.keys[0] if first and first.keys else (damaged[0].key if damaged else None)
+        return ModelMismatchError(f"the LoRA matches nothing in this model ({why})", file=path, key=key,
+                                  fix="use the model the LoRA was made for")
+    if partial:
+        return None
+    fix = "re-export the LoRA, or pass --partial to bake only the modules that fit"
+    if damaged:
+        u = damaged[0]
+        return FormatError(f"{len(damaged)} keys of the LoRA are damaged ({u.reason}: {u.detail})",
+                           file=path, key=u.key, fix=fix)
+    if report.unmatched:
+        u = report.unmatched[0]
+        return ModelMismatchError(f"{len(report.unmatched)} modules of the LoRA do not fit this model "
+                                  f"({u.reason}: {u.detail})", file=path,
+                                  key=u.keys[0] if u.keys else u.name, fix=fix)
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lora_core",
                                 description="Inspect, check and apply LoRA files.")
@@ -114,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", required=True)
     a.add_argument("--force", action="store_true", help="overwrite an existing --out")
     a.add_argument("--json", action="store_true")
+    a.add_argument("--partial", action="store_true",
+                   help="bake the modules that fit and skip damaged or unmatched ones "
+                        "(default: refuse the whole bake)")
     return p
 
 
@@ -137,17 +171,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 1 if args.strict and (data["unmatched"] or data["family_warning"]) else 0
         if args.command == "apply":
             loras = [_lora_arg(x) for x in args.lora]
+            for path, _ in loras:
+                refusal = _apply_refusal(path, args.model, args.partial)
+                if refusal is not None:
+                    raise refusal
             result = api.apply(args.model, loras, args.out, force=args.force,
                                progress=ProgressBar("patching", True))
             summary = {"out": result.out, "changed_parameters": result.changed,
                        "loras": [api.report_to_json(r) | {"targets": None} for r in result.reports]}
             for entry in summary["loras"]:
                 entry.pop("targets")
+                # file keys that formed no module (damaged tensors, unknown suffixes)
+                entry["unused_keys"] = [{"key": u.key, "reason": u.reason, "detail": u.detail}
+                                        for u in api.open_lora(entry["file"]).unused]
             if args.json:
                 print(json.dumps(summary, indent=2, sort_keys=True))
             else:
                 for r in summary["loras"]:
-                    print(f"{r['file']}: {r['matched']} matched, {r['unmatched']} unmatched")
+                    print(f"{r['file']}: {r['matched']} matched, {r['unmatched']} unmatched"
+                          + (f", {len(r['unused_keys'])} damaged or unknown keys" if r["unused_keys"] else ""))
                 print(f"wrote {result.out} ({result.changed} parameters changed)")
             return 0
     except PatchbayError as e:

@@ -158,3 +158,66 @@ def test_hostile_nesting_in_metadata_strings_is_a_warning(tmp_path):
     assert proc.returncode == 0, proc.stderr[-800:]
     warnings = json.loads(proc.stdout)["metadata"]["warnings"]
     assert any("ss_tag_frequency" in w for w in warnings)
+
+
+@pytest.fixture()
+def misfit_loras(peft_case, tmp_path):
+    """kohya-style files for TinyNet: one good module plus one damaged or misfit module each."""
+    g = torch.Generator().manual_seed(5)
+    good = {"mid.lora_up.weight": torch.randn(32, 2, generator=g),
+            "mid.lora_down.weight": torch.randn(2, 32, generator=g)}
+    files = {
+        # up and down ranks disagree: a damaged module (file-level "invalid tensor")
+        "ranks": {"proj_in.lora_up.weight": torch.randn(32, 4, generator=g),
+                  "proj_in.lora_down.weight": torch.randn(2, 16, generator=g)},
+        # a 1-D up factor: wrong shape for its own kind
+        "kind": {"proj_in.lora_up.weight": torch.randn(32, generator=g),
+                 "proj_in.lora_down.weight": torch.randn(2, 16, generator=g)},
+        # a well-formed module whose product does not fit the model's proj_out (8, 32)
+        "model": {"proj_out.lora_up.weight": torch.randn(16, 2, generator=g),
+                  "proj_out.lora_down.weight": torch.randn(2, 32, generator=g)},
+    }
+    paths = {}
+    for name, extra in files.items():
+        paths[name] = tmp_path / f"misfit_{name}.safetensors"
+        save_file(good | extra, str(paths[name]))
+    paths["nothing"] = tmp_path / "nothing.safetensors"
+    save_file({"lora_unet_no_such_block.lora_up.weight": torch.randn(32, 2, generator=g),
+               "lora_unet_no_such_block.lora_down.weight": torch.randn(2, 32, generator=g)},
+              str(paths["nothing"]))
+    return paths
+
+
+@pytest.mark.parametrize("case,key,reason", [
+    ("ranks", "proj_in.lora_", "rank"), ("kind", "proj_in.lora_", "matri"),
+    ("model", "proj_out", "shape"), ("nothing", "no_such_block", "matches nothing")])
+def test_apply_refuses_a_lora_that_does_not_fit(peft_case, misfit_loras, tmp_path, case, key, reason):
+    model, _, _ = peft_case
+    out = tmp_path / "out.safetensors"
+    proc = run("apply", "--model", model, "--lora", misfit_loras[case], "--out", out, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert misfit_loras[case].name in lines[0] and key in lines[0] and reason in lines[0], lines[0]
+    assert not out.exists() and [p for p in os.listdir(tmp_path) if p.startswith(".patchbay-")] == []
+
+
+@pytest.mark.parametrize("case,bad", [("ranks", "proj_in"), ("kind", "proj_in"), ("model", "proj_out")])
+def test_apply_partial_bakes_what_fits_and_lists_the_rest(peft_case, misfit_loras, tmp_path, case, bad):
+    model, _, _ = peft_case
+    out = tmp_path / "out.safetensors"
+    proc = run("apply", "--model", model, "--lora", misfit_loras[case], "--out", out, "--partial", "--json")
+    summary = json.loads(proc.stdout)
+    got, base = load_file(str(out)), load_file(str(model))
+    assert not torch.equal(got["mid.weight"], base["mid.weight"])
+    assert torch.equal(got[f"{bad}.weight"], base[f"{bad}.weight"])
+    (entry,) = summary["loras"]
+    listed = {k for u in entry["unmatched_keys"] for k in u["keys"]} | {u["key"] for u in entry["unused_keys"]}
+    assert listed == {f"{bad}.lora_up.weight", f"{bad}.lora_down.weight"}
+
+
+def test_apply_partial_still_refuses_a_lora_that_matches_nothing(peft_case, misfit_loras, tmp_path):
+    model, _, _ = peft_case
+    out = tmp_path / "out.safetensors"
+    proc = run("apply", "--model", model, "--lora", misfit_loras["nothing"], "--out", out, "--partial",
+               check=False)
+    assert proc.returncode == 2 and "matches nothing" in proc.stderr and not out.exists()

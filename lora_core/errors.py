@@ -2,12 +2,26 @@
 
 Every error names the file and, where there is one, the tensor key, and says
 what the user can do about it.  Nodes and the CLI show ``str(error)`` as is.
+
+ComfyUI shows a failed node's exception type as ``module.qualname``; for a
+custom node the module path starts with its install folder
+(``/…/custom_nodes/lora-patchbay.lora_core.errors.LoraFileError``).  Every
+error type here and in subclasses elsewhere therefore reports the module
+``lora_patchbay``, so users see ``lora_patchbay.LoraFileError`` wherever the
+pack is installed.
 """
 from __future__ import annotations
 
 
+PUBLIC_MODULE = "lora_patchbay"
+
+
 class PatchbayError(Exception):
     """Base class: ``file`` and ``key`` locate the problem, ``fix`` says what to do."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = PUBLIC_MODULE
 
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
                  fix: str | None = None):
@@ -29,6 +43,9 @@ class PatchbayError(Exception):
         if self.fix:
             text = f"{text}. Fix: {self.fix}"
         return text
+
+
+PatchbayError.__module__ = PUBLIC_MODULE  # subclasses get it from __init_subclass__
 
 
 class LoraFileError(PatchbayError):

@@ -188,10 +188,23 @@ _LOGGED_LOCK = threading.Lock()
 
 
 def coverage_summary(report: CoverageReport) -> Optional[str]:
-    """One line describing what did not apply, or None when everything did."""
-    if report.ok:
+    """One line describing what did not apply, or None when everything did.
+
+    Damaged modules (ranks that disagree, tensors of the wrong shape for their
+    kind) never reach the report, which holds resolved patches only; they are
+    the parsed file's ``invalid tensor`` keys, read back from the file cache.
+    """
+    try:
+        damaged = [u for u in load(report.file).unused if u.reason == "invalid tensor"]
+    except Exception:  # a report not made from a file on disk, or a file gone since
+        damaged = []
+    if report.ok and not damaged:
         return None
     parts = [f"{len(report.matched)} modules applied"]
+    if damaged:
+        sample = ", ".join(u.key for u in damaged[:3])
+        more = "…" if len(damaged) > 3 else ""
+        parts.append(f"{len(damaged)} damaged keys skipped ({damaged[0].detail}; e.g. {sample}{more})")
     if report.unmatched:
         reasons: dict[str, int] = {}
         for u in report.unmatched:

@@ -47,3 +47,16 @@ def test_corrupt_file_error_type_is_short(comfy, tiny_sd15_checkpoint, bad_loras
     assert res.error["exception_type"] == "lora_patchbay.LoraFileError", res.error["exception_type"]
     assert "corrupt.safetensors" in res.error["exception_message"]
 
+
+def test_damaged_modules_are_named_in_the_log_line(comfy, tiny_sd15_checkpoint, bad_loras):
+    mark = comfy.log_mark()
+    g = Graph()
+    model, clip = tiny_sd15_checkpoint.load_checkpoint(g)
+    m = _loader(g, model, clip, bad_loras["damaged"])
+    p = g.node("PatchbayTestModelProbe", model=m[0], key_filter="attn1.to_q.weight,attn2.to_k.weight",
+               max_keys=8)
+    res = comfy.client.queue(g, timeout=240)
+    assert [k for k in res.ui(p.id)["patch_keys"][0] if "attn1.to_q" in k]  # the good module applies
+    lines = [l for l in comfy.read_log(mark).splitlines() if "damaged.safetensors" in l]
+    assert len(lines) == 1, lines
+    assert "damaged keys" in lines[0] and f"{K2}.lora_up.weight" in lines[0] and "rank" in lines[0], lines[0]

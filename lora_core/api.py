@@ -9,67 +9,15 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
-from .errors import LoraFileError, PatchbayError
+from .cache import ParsedFileCache
+from .errors import PatchbayError
 from .io import hash_file, load_state_dict, read_header
 from .ir import CoverageReport, LoraFile, LoraWeights
 
 # ----------------------------------------------------------------- file cache
-
-
-class ParsedFileCache:
-    """LRU of parsed files, bounded by the bytes of their tensor data.
-
-    Entries are keyed by path and invalidated when the file's mtime or size
-    changes, so an edited LoRA is re-read; tensors are memory-mapped, so the
-    bound counts address space rather than resident memory.
-    """
-
-    def __init__(self, max_bytes: int = 4 << 30):
-        self.max_bytes = max_bytes
-        self._entries: "OrderedDict[str, tuple[tuple[float, int], LoraFile, int]]" = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def _stamp(path: str) -> tuple[float, int]:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            raise LoraFileError("file not found", file=path,
-                                fix="check the name and the loras folder") from None
-        return (st.st_mtime_ns, st.st_size)
-
-    def get(self, path: str, loader: Callable[[str], LoraFile]) -> LoraFile:
-        path = os.path.abspath(os.fspath(path))
-        stamp = self._stamp(path)
-        with self._lock:
-            hit = self._entries.get(path)
-            if hit is not None and hit[0] == stamp:
-                self._entries.move_to_end(path)
-                self.hits += 1
-                return hit[1]
-        parsed = loader(path)
-        size = stamp[1]
-        with self._lock:
-            self.misses += 1
-            self._entries[path] = (stamp, parsed, size)
-            self._entries.move_to_end(path)
-            total = sum(e[2] for e in self._entries.values())
-            while total > self.max_bytes and len(self._entries) > 1:
-                _, (_, _, dropped) = self._entries.popitem(last=False)
-                total -= dropped
-        return parsed
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
 
 FILE_CACHE = ParsedFileCache()
 

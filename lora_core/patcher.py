@@ -36,14 +36,15 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from .dtypes import FLOAT8
 from .errors import ModelMismatchError, NonFiniteError, PatchbayError, ShapeMismatchError
+from .finite import has_non_finite
 from .ir import Slice
 from .plan import Contribution, PatchPlan, normalized
 from .stack_delta import concat_factors, is_plain_lora, kind_delta, row_slice, target_shape as shape_after_patch, view_shape
 
 Tensor = torch.Tensor
 
-FLOAT8 = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 
 # Row blocks of at most 4M elements (16 MiB fp32) keep backup, upcast, GEMM
 # update, check and store of a block inside a CPU's last-level cache instead
@@ -478,17 +479,7 @@ def _bad_flag(low: Tensor, high: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _has_non_finite(c: Contribution) -> bool:
-    patch = c.resolved.patch
-    tensors: list[Tensor] = []
-    if c.part == "bias":
-        tensors.append(patch.bias)
-    else:
-        w = patch.weight
-        if w is not None:
-            tensors.extend(v for v in vars(w).values() if isinstance(v, Tensor))
-        if patch.dora is not None:
-            tensors.append(patch.dora.magnitude)
-    return any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors)
+    return has_non_finite(c.resolved.patch, "bias" if c.part == "bias" else "weight")
 
 
 __all__ = ["MergePatcher", "ApplyStats", "stochastic_round", "key_seed"]

@@ -190,3 +190,36 @@ def stack_delta(key: str, contribs: tuple[Contribution, ...], base: torch.Tensor
         if d is not None:
             (total if s is None else total.narrow(s.dim, s.start, s.length)).add_(d)
     return total
+
+
+def merged_weight(key: str, contribs: tuple[Contribution, ...], weight: torch.Tensor, *,
+                  strength: float = 1.0, function: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                  in_place: bool = False, out_dtype: Optional[torch.dtype] = None,
+                  delta: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The merged weight of one parameter: ``W' = W₀ + strength · function(D)``, fp32 accumulation.
+
+    ``weight`` is W₀ (any float dtype and device; never written unless
+    ``in_place`` and it is already fp32 of the final shape).  ``D`` is
+    :func:`stack_delta` of ``contribs``, or ``delta`` when the caller serves it
+    from a cache (it must be that same D).  A weight that a patch reshapes is
+    zero-padded to :func:`target_shape` first.  The result is fp32 (one
+    rounding at the end, by the caller) unless ``out_dtype`` is given.
+    """
+    shape = target_shape(key, contribs, weight.shape)
+    d = stack_delta(key, contribs, weight, shape) if delta is None else delta
+    if function is not None:
+        d = function(d)
+    if weight.dtype == torch.float32 and weight.shape == shape and in_place:
+        out = weight
+    elif weight.shape == shape:
+        out = weight.to(torch.float32, copy=True)
+    else:
+        out = torch.zeros(shape, dtype=torch.float32, device=weight.device)
+        out[tuple(slice(0, n) for n in weight.shape)].copy_(weight)
+    if strength == 1.0:
+        out.add_(d)
+    else:
+        out.add_(d, alpha=strength)
+    if out_dtype is not None and out.dtype != out_dtype:
+        out = out.to(out_dtype)
+    return out

@@ -1,55 +1,15 @@
 """PatchbayLoraBlockWeights: per-block multipliers for one stack row.
 
-The node only edits the stack (a frozen value): the loader multiplies the
+The node only edits the stack (a frozen value): applying it multiplies the
 row's strength by ``lora_core.blocks.block_multiplier`` for every parameter
-it patches.  Also home of the small helpers the stack-editing nodes share
-(picking a row, the row inputs).
+it patches.
 """
 from __future__ import annotations
 
 from ..lora_core.blocks import LAYOUT_NAMES, PRESETS, format_block_weights, parse_block_weights
-from ..lora_core.errors import StackError
-from ..lora_core.stack import LoraStack
-from .stack import as_stack  # our LoraStack, or the (name, model, clip) tuple lists of other packs
+from .common import CATEGORY, as_stack, row_index, row_inputs
 
-CATEGORY = "loaders/LoRA Patchbay"
 CUSTOM = "custom (use block_vector)"
-
-
-def _stem(name: str) -> str:
-    base = name.replace("\\", "/").rsplit("/", 1)[-1]
-    return base.rsplit(".", 1)[0] if "." in base else base
-
-
-def row_index(stack: LoraStack, row: int, lora_name: str = "") -> int:
-    """0-based index of the row to edit: by LoRA name when given, else by 1-based number."""
-    if not stack.entries:
-        raise StackError("the LoRA stack is empty", fix="connect a stack with at least one row")
-    name = (lora_name or "").strip()
-    if name:
-        for i, e in enumerate(stack.entries):
-            if e.lora == name:
-                return i
-        for i, e in enumerate(stack.entries):
-            if _stem(e.lora).lower() == _stem(name).lower():
-                return i
-        listed = ", ".join(e.lora for e in stack.entries)
-        raise StackError(f"no row of the stack uses LoRA {name!r} (rows: {listed})",
-                         fix="type the LoRA name as it appears in the stack, or clear lora_name and use row")
-    if not 1 <= int(row) <= len(stack.entries):
-        raise StackError(f"row {row} does not exist; the stack has {len(stack.entries)} row(s)",
-                         fix=f"pick a row between 1 and {len(stack.entries)}")
-    return int(row) - 1
-
-
-def row_inputs() -> dict:
-    return {
-        "row": ("INT", {"default": 1, "min": 1, "max": 999,
-                        "tooltip": "Which stack row to change, counting from 1 (ignored when lora_name is set)."}),
-        "lora_name": ("STRING", {"default": "", "tooltip":
-                                 "Optional: pick the row by its LoRA name instead of its number "
-                                 "(exact name or file name without extension)."}),
-    }
 
 
 class PatchbayLoraBlockWeights:

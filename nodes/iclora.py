@@ -18,55 +18,37 @@ import logging
 
 import torch
 
-import comfy.hooks
-import comfy.patcher_extension
 import comfy.utils
-import folder_paths
 import node_helpers
 
 from ..lora_core.iclora import (
     ICLoraError, LAYOUTS, PanelLayout, count_appended_frames, crop_guides, crop_panels,
     dilate_latent, guide_keyframe_coords, guide_noise_mask, base_noise_mask, merge_factors, next_record,
-    panel_layout, panel_noise_mask, parse_ic_metadata, plan_guide, step_active, biased_attention,
+    panel_layout, panel_noise_mask, plan_guide, step_active, biased_attention,
     mask_to_token_weights, token_bias,
 )
 from ..lora_core.iclora.crop import GuideRecord
-from .host import MODES as PATCH_MODES
-from .loaders import MODE_TOOLTIP, strength_input
+from ..lora_core.stack import LoraStack, StackEntry
+from . import files, host
+from .apply import apply_stack
+from .common import IC_CATEGORY, MODE_TOOLTIP, MODES, strength_input
+from .ic_params import default_params, header_metadata, ic_params_for_stack_rows, make_ic_lora_params
 
 log = logging.getLogger("lora-patchbay.iclora")
 
-CATEGORY = "conditioning/LoRA Patchbay"
-STATE_KEY = "patchbay_iclora"          # in conditioning dicts and latent dicts
-PANEL_ATTR = "_patchbay_panel"         # attribute on a panel latent tensor
-ATTACHMENT_KEY = "patchbay_iclora"     # ModelPatcher attachment: list of loaded IC-LoRAs
-WRAPPER_KEY = "patchbay_iclora"
+CATEGORY = IC_CATEGORY
+STATE_KEY = "patchbay_iclora_guides"              # our guide record, in conditioning and latent dicts
+PANEL_LATENT_KEY = "patchbay_panel"               # panel crop description, in a panel LATENT dict
+PANEL_ATTR = "_patchbay_panel"                    # the same, as an attribute of the panel latent tensor
+LOADED_ATTACHMENT_KEY = "patchbay_iclora_loaded"  # ModelPatcher attachment: [(lora name, factor)] loaded
+CORE_METADATA_ATTACHMENT = "lora_metadata"        # read by core's GetICLoRAParameters where it exists
+GUIDE_WRAPPER_KEY = "patchbay_iclora_guide_crop"  # sampling wrappers of the guides' automatic crop
+PANEL_WRAPPER_KEY = "patchbay_iclora_panel_crop"  # OUTER_SAMPLE wrapper of the panels' automatic crop
 LATENT_CHANNELS = 128
 CROP_MODES = ("stretch", "center")
 CROP_CHOICES = ("auto", "manual")
 # Workflows saved by earlier builds had one "mode" widget meaning the crop.
 LEGACY_CROP_MODES = {"auto crop": "auto", "manual crop": "manual"}
-
-
-def default_params() -> dict:
-    """IC_LORA parameters used when none are connected: a normal (k = 1) IC-LoRA."""
-    return {"reference_downscale_factor": 1, "reference_temporal_scale_factor": 1, "lora": None,
-            "enabled": True, "strength": 1.0, "auto_crop": True}
-
-
-def make_ic_lora_params(name: str | None, metadata: dict | None, strength: float = 1.0, enabled: bool = True,
-                        auto_crop: bool = True) -> dict:
-    """The ``IC_LORA`` dict for one file, read from its header whatever the strength.
-
-    Also used by the stack node for rows marked as IC-LoRA.
-    """
-    p = parse_ic_metadata(metadata)
-    for w in p.warnings:
-        log.warning("%s: %s", name or "IC-LoRA", w)
-    return {"reference_downscale_factor": p.reference_downscale_factor,
-            "reference_temporal_scale_factor": p.reference_temporal_scale_factor,
-            "lora": name, "enabled": bool(enabled) and float(strength) != 0.0, "strength": float(strength),
-            "auto_crop": bool(auto_crop)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,49 +67,6 @@ def get_state(cond) -> dict | None:
     return s if isinstance(s, dict) else None
 
 
-def _is_our_hook(h) -> bool:
-    return bool(getattr(h, "_patchbay_iclora", False))
-
-
-def _make_hook_group():
-    hook = comfy.hooks.TransformerOptionsHook(
-        transformers_dict={"wrappers": {
-            comfy.patcher_extension.WrappersMP.OUTER_SAMPLE: {WRAPPER_KEY: [outer_sample_wrapper]},
-            comfy.patcher_extension.WrappersMP.APPLY_MODEL: {WRAPPER_KEY: [apply_model_window_wrapper]},
-        }},
-        hook_scope=comfy.hooks.EnumHookScope.AllConditioning)
-    hook._patchbay_iclora = True
-    group = comfy.hooks.HookGroup()
-    group.add(hook)
-    return group
-
-
-def _with_autocrop_hook(positive, negative):
-    """Attach one shared automatic-crop hook to both conditionings (once)."""
-    def has(cond):
-        hooks = _cond_value(cond, "hooks")
-        return hooks is not None and any(_is_our_hook(h) for h in hooks.hooks)
-    if has(positive) and has(negative):
-        return positive, negative
-    ours = _make_hook_group()
-    out = []
-    for cond in (positive, negative):
-        new = []
-        for entry in cond:
-            d = entry[1].copy()
-            old = d.get("hooks")
-            if old is None:
-                d["hooks"] = ours
-            elif not any(_is_our_hook(h) for h in old.hooks):
-                merged = old.clone()
-                for h in ours.hooks:
-                    merged.add(h)
-                d["hooks"] = merged
-            new.append([entry[0], d])
-        out.append(new)
-    return out[0], out[1]
-
-
 def _without_guides(cond):
     """Remove guide keys and our hook from a conditioning."""
     new = []
@@ -135,17 +74,7 @@ def _without_guides(cond):
         d = entry[1].copy()
         for key in ("keyframe_idxs", "guide_attention_entries", STATE_KEY):
             d.pop(key, None)
-        hooks = d.get("hooks")
-        if hooks is not None and any(_is_our_hook(h) for h in hooks.hooks):
-            rest = comfy.hooks.HookGroup()
-            for h in hooks.hooks:
-                if not _is_our_hook(h):
-                    rest.add(h)
-            if len(rest):
-                d["hooks"] = rest
-            else:
-                d.pop("hooks")
-        new.append([entry[0], d])
+        new.append([entry[0], host.without_our_hook(d)])
     return new
 
 
@@ -495,7 +424,8 @@ def add_guide(positive, negative, vae, latent, image, frame_idx: int, strength: 
 
     positive, negative = extend(positive), extend(negative)
     if new_state["auto_crop"]:
-        positive, negative = _with_autocrop_hook(positive, negative)
+        positive, negative = host.with_sampling_hook(positive, negative, GUIDE_WRAPPER_KEY,
+                                                     outer_sample_wrapper, apply_model_window_wrapper)
     out = {k2: v for k2, v in latent.items() if k2 not in ("samples", "noise_mask", STATE_KEY)}
     out["samples"] = torch.cat([samples, guide], dim=2)
     out["noise_mask"] = torch.cat([mask, part.to(mask.device, mask.dtype)], dim=2)
@@ -659,7 +589,7 @@ class PatchbayICLoraPanel:
         desc = lay.to_dict()
         desc["latent_scale"] = lay.canvas_height // samples.shape[-2]
         setattr(samples, PANEL_ATTR, desc)
-        latent = {"samples": samples, "noise_mask": mask.reshape(1, 1, *mask.shape), "patchbay_panel": desc}
+        latent = {"samples": samples, "noise_mask": mask.reshape(1, 1, *mask.shape), PANEL_LATENT_KEY: desc}
         return latent, mask.unsqueeze(0), desc
 
 
@@ -689,7 +619,7 @@ class PatchbayICLoraCropPanel:
                 cropped = s  # already cropped by the automatic crop
             else:
                 cropped = crop_panels(s, lay, channels_last=False)
-            out_latent = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask", "patchbay_panel")}
+            out_latent = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask", PANEL_LATENT_KEY)}
             out_latent["samples"] = cropped
         if image is not None:
             if image.shape[1] == lay.panel_height and image.shape[2] == lay.panel_width:
@@ -701,44 +631,6 @@ class PatchbayICLoraCropPanel:
 
 # --------------------------------------------------------------------------------------------------
 # loader
-
-def _read_metadata(path: str) -> dict:
-    try:
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception as e:  # not a safetensors file, or unreadable header
-        log.warning("IC-LoRA %s: cannot read metadata (%s); assuming reference_downscale_factor 1", path, e)
-        return {}
-
-
-def apply_lora_to_model(model, path: str, strength: float, mode: str):
-    """Apply the IC-LoRA's weights through the pack's host layer (merge, bypass or auto)."""
-    from . import host
-    return host.apply_lora_to_model(model, path, strength, mode)
-
-
-def ic_params_for_stack_rows(rows) -> dict | None:
-    """``IC_LORA`` for the stack rows marked ``"iclora": true`` (for the stack node).
-
-    Each row's own file header is read, whatever its strength, so the
-    parameters never come from another LoRA of the stack.
-    """
-    from ..lora_core.iclora import stack_ic_params
-    picked = []
-    for row in rows or []:
-        if not row.get("iclora"):
-            continue
-        name = row.get("lora")
-        path = folder_paths.get_full_path("loras", name) if name else None
-        meta = _read_metadata(path) if path else {}
-        picked.append((name, meta, float(row.get("strength", 1.0)), bool(row.get("on", True))))
-    params = stack_ic_params(picked)
-    if params:
-        for w in params.pop("warnings", []):
-            log.warning("IC-LoRA stack: %s", w)
-    return params
-
 
 class PatchbayICLoraLoader:
     DESCRIPTION = ("Loads an in-context (IC) LoRA and outputs its parameters (reference downscale factor) read "
@@ -755,11 +647,11 @@ class PatchbayICLoraLoader:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL", {"tooltip": "The diffusion model (LTX-Video, LTX-2 or an image model)."}),
-            "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "The IC-LoRA file."}),
+            "lora_name": (files.lora_names(), {"tooltip": "The IC-LoRA file."}),
             "strength": strength_input("LoRA strength. 0 disables the LoRA and its guides."),
             "enabled": ("BOOLEAN", {"default": True,
                                     "tooltip": "Off: no LoRA weights and no guides (base result)."}),
-            "mode": (list(PATCH_MODES), {"default": "merge", "tooltip": MODE_TOOLTIP}),
+            "mode": (list(MODES), {"default": "merge", "tooltip": MODE_TOOLTIP}),
             "crop": (list(CROP_CHOICES), {"default": "auto", "tooltip": (
                 "auto: guide frames and reference panels are removed after sampling without an extra "
                 "node. manual: use IC-LoRA Crop Guides / Crop Panel yourself (two-stage pipelines).")}),
@@ -768,26 +660,19 @@ class PatchbayICLoraLoader:
     def execute(self, model, lora_name, strength, enabled, mode="merge", crop="auto"):
         if mode in LEGACY_CROP_MODES:
             mode, crop = "merge", LEGACY_CROP_MODES[mode]
-        path = folder_paths.get_full_path_or_raise("loras", lora_name)
-        meta = _read_metadata(path)
+        meta = header_metadata(files.resolve_path(lora_name))
         auto = crop == "auto"
         params = make_ic_lora_params(lora_name, meta, strength, enabled, auto)
         k = params["reference_downscale_factor"]
-        loaded = list(model.get_attachment(ATTACHMENT_KEY) or []) if hasattr(model, "get_attachment") else []
-        active = params["enabled"]
-        if active:
-            merge_factors([(n, f) for n, f in loaded] + [(lora_name, k)])
-            out = apply_lora_to_model(model, path, float(strength), mode)
-            if out is model:
-                out = model.clone()
-        else:
-            out = model.clone()
-        if active and hasattr(out, "set_attachments"):
-            out.set_attachments(ATTACHMENT_KEY, loaded + [(lora_name, k)])
-            out.set_attachments("lora_metadata", meta)  # read by core's GetICLoRAParameters where it exists
-        if auto:
-            out.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, WRAPPER_KEY + "_panel",
-                                     panel_outer_sample_wrapper)
+        loaded = list(host.attachment(model, LOADED_ATTACHMENT_KEY, []))
+        out, attachments = model, None
+        if params["enabled"]:
+            merge_factors(loaded + [(lora_name, k)])
+            row = StackEntry(lora=lora_name, strength_model=float(strength))
+            out = apply_stack(model, None, LoraStack((row,)), mode).model
+            attachments = {LOADED_ATTACHMENT_KEY: loaded + [(lora_name, k)], CORE_METADATA_ATTACHMENT: meta}
+        out = host.decorated_model(out, model, attachments=attachments,
+                                   outer_sample=(PANEL_WRAPPER_KEY, panel_outer_sample_wrapper) if auto else None)
         return out, params, {"reference_downscale_factor": k}
 
 

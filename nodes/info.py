@@ -15,8 +15,8 @@ from collections import Counter, defaultdict
 from ..lora_core.blocks import classify_key
 from ..lora_core.errors import PatchbayError
 from ..lora_core.ir import CoverageReport
-from . import files
-from .blocks import CATEGORY
+from . import files, host
+from .common import CATEGORY
 
 log = logging.getLogger("lora-patchbay")
 
@@ -131,7 +131,6 @@ def lora_info(name: str, model=None) -> str:
     path = files.resolve_path(name)
     lines = file_section(name, path)
     if model is not None:
-        from . import host
         lines.append("")
         lines += coverage_section(host.resolve_for(files.load(path), model))
     return "\n".join(lines)

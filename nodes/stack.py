@@ -8,55 +8,12 @@ plainly and 30 rows never become hundreds of widgets.  A1111 tags
 """
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from ..lora_core.errors import StackError
-from ..lora_core.stack import LoraStack, StackEntry, parse_rows
+from ..lora_core.stack import LoraStack
 from . import files
-from .loaders import CATEGORY, MODE_TOOLTIP, apply_stack, lora_tag
-from . import host
-
-LORA_TAG = re.compile(r"<lora:([^:>]+):([^:>]+)(?::([^:>]+))?>", re.IGNORECASE)
-ROWS_EXAMPLE = '[{"on": true, "lora": "example.safetensors", "strength": 1.0, "strength_clip": 1.0}]'
-
-
-def parse_stack_text(text: str) -> LoraStack:
-    """JSON rows, or A1111 ``<lora:name:strength[:clip]>`` tags."""
-    stripped = (text or "").strip()
-    if not stripped or stripped[0] in "[{":
-        return parse_rows(stripped)
-    rows = []
-    for m in LORA_TAG.finditer(stripped):
-        name, s, c = m.group(1).strip(), m.group(2), m.group(3)
-        row: dict[str, Any] = {"on": True, "lora": name, "strength": s}
-        if c is not None:
-            row["strength_clip"] = c
-        rows.append(row)
-    if not rows:
-        raise StackError("stack rows are neither JSON rows nor <lora:name:strength> tags",
-                         fix=f"write rows as {ROWS_EXAMPLE}")
-    return parse_rows(rows)
-
-
-def as_stack(value) -> LoraStack:
-    """A LORA_STACK from us, or the (name, model, clip) tuple list other packs pass around."""
-    if value is None:
-        return LoraStack()
-    if isinstance(value, LoraStack):
-        return value
-    if isinstance(value, (list, tuple)):
-        entries = []
-        for item in value:
-            if isinstance(item, StackEntry):
-                entries.append(item)
-            elif isinstance(item, (list, tuple)) and len(item) >= 2:
-                clip = float(item[2]) if len(item) > 2 else float(item[1])
-                entries.append(StackEntry(lora=str(item[0]), strength_model=float(item[1]), strength_clip=clip))
-            else:
-                raise StackError(f"LORA_STACK item {item!r} is not (name, strength[, clip strength])")
-        return LoraStack(tuple(entries))
-    raise StackError(f"LORA_STACK input of type {type(value).__name__} is not a LoRA stack")
+from .apply import apply_stack
+from .common import CATEGORY, MODE_TOOLTIP, MODES, ROWS_EXAMPLE, as_stack, lora_tag, parse_stack_text
+from .ic_params import stack_ic_lora
 
 
 def stack_errors(stack: LoraStack) -> list[str]:
@@ -130,7 +87,7 @@ class PatchbayApplyLoraStack:
             "required": {
                 "model": ("MODEL", {"tooltip": "The diffusion model the stack is applied to."}),
                 "stack": ("LORA_STACK", {"tooltip": "The LoRAs to apply (from LoRA Stack)."}),
-                "mode": (list(host.MODES), {"default": "merge", "tooltip": MODE_TOOLTIP}),
+                "mode": (list(MODES), {"default": "merge", "tooltip": MODE_TOOLTIP}),
             },
             "optional": {
                 "clip": ("CLIP", {"tooltip": "Optional text encoder; leave unconnected for model-only use."}),
@@ -139,15 +96,9 @@ class PatchbayApplyLoraStack:
 
     def apply(self, model, stack, mode, clip=None):
         stack = as_stack(stack)
-        out_model, out_clip, applied = apply_stack(model, clip, stack, mode)
+        applied = apply_stack(model, clip, stack, mode)
         text = " ".join(lora_tag(n, s, c if clip is not None else None) for n, s, c in applied.names)
-        return (out_model, out_clip, text, ", ".join(applied.trigger_words), stack_ic_params(stack))
-
-
-def stack_ic_params(stack: LoraStack) -> dict:
-    """IC_LORA for the stack: its IC rows' own metadata, never the last LoRA's."""
-    from . import iclora
-    return iclora.ic_params_for_stack_rows(stack.to_rows()) or iclora.default_params()
+        return (applied.model, applied.clip, text, ", ".join(applied.trigger_words), stack_ic_lora(stack))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -1,4 +1,5 @@
-"""``python -m lora_core``: inspect, check and apply LoRA files.
+"""``python -m lora_core``: inspect, check and apply LoRA files; merge, resize, extract and convert
+them (the tools live in ``lora_core/tools``).
 
 Exit codes: 0 success; 1 ``check --strict`` found unmatched keys; 2 bad input
 (unreadable or corrupt file, a LoRA ``apply`` refuses, bad arguments).  Errors print one line on stderr.
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--partial", action="store_true",
                    help="bake the modules that fit and skip damaged or unmatched ones "
                         "(default: refuse the whole bake)")
+    # LoRA tools (merge, resize, extract, convert): parsers and code in lora_core/tools/cli.py
+    from .tools.cli import add_parsers as add_tool_parsers
+    add_tool_parsers(sub)
     return p
 
 
@@ -155,6 +159,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import api
     args = build_parser().parse_args(argv)
     try:
+        from .tools import cli as tools_cli
+        if args.command in tools_cli.COMMANDS:
+            return tools_cli.run(args, lambda label: ProgressBar(label, True))
         if args.command == "inspect":
             info = api.inspect(args.lora, with_hash=not args.no_hash)
             if args.json:

@@ -8,10 +8,21 @@
   strength × block multiplier repeated over the entry's rank segment.  Conv
   layers run A as a conv with the layer's stride/padding/dilation and B as a
   1×1 conv.
-* Other kinds (LoHa, LoKr, DoRA, OFT, BOFT, IA3, GLoRA, full) become one
-  dense residual ΔW per adapter, computed by ``kinds.delta_weight`` against
-  the module's weight at install time and run as an extra linear/conv.
-* Bias patches add ``s·bias`` to the output.
+* Kinds with an output side path in the kinds table (LyCORIS OFT/BOFT rotate
+  the output, output-axis IA3 scales it) add ``s·(side(y₀) − side(b))`` with
+  y₀ the frozen layer's output: no weight is read (``kinds/side.py``).
+* Every other kind (LoHa, LoKr, DoRA, GLoRA, full, set, PEFT OFT/BOFT,
+  input-axis IA3) becomes one dense residual ΔW per adapter, computed by
+  ``kinds.delta_weight`` against the original weight W₀ and run as an extra
+  linear/conv.
+* Bias patches add ``s·Δb`` to the output (the file's bias, plus the kind's
+  bias rule on b₀, e.g. PEFT IA3).
+
+``originals`` (param key → unpatched tensor) names the parameters whose live
+value already holds merged rows: base-dependent kinds are computed against
+those originals, and output side paths (which read y₀, and so the live
+weight) give way to the dense ΔW on such modules.  Bypass therefore equals
+the merge of the same rows against W₀ whatever else was merged.
 * Fused-qkv slices add into their output rows only.
 
 Strengths live in one fp32 vector per handle, one entry per stack entry;
@@ -36,9 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import PatchbayError, ShapeMismatchError, StackError
-from .ir import LoraWeights, Slice
-from .kinds import delta_weight
-from .kinds.lora import factors
+from . import kinds
+from .ir import Slice
+from .kinds.side import OutputMap
 from .plan import Contribution, PatchPlan, normalized
 
 Tensor = torch.Tensor
@@ -64,6 +75,15 @@ def module_kind(module: nn.Module) -> Optional[str]:
 class _Dense:
     slice: Optional[Slice]
     delta: Tensor        # (out_s, in, *k) fp32 at strength 1
+    entry: int
+    mult: float
+
+
+@dataclass
+class _Output:
+    slice: Optional[Slice]
+    map: OutputMap       # Δy = map(y₀) at strength 1
+    bias_term: Optional[Tensor]  # (out_s,) fp32: map(b), subtracted so only W·x is mapped
     entry: int
     mult: float
 
@@ -95,6 +115,7 @@ class _State:
     rank_mult: Optional[Tensor] = None   # (R,) fp32 multiplier of each rank
     loras: list[_LoraSlice] = field(default_factory=list)
     dense: list[_Dense] = field(default_factory=list)
+    outputs: list[_Output] = field(default_factory=list)
     biases: list[_Bias] = field(default_factory=list)
     active: bool = True
     cache: dict = field(default_factory=dict)
@@ -106,6 +127,13 @@ class _State:
         out = self.cache.get(key)
         if out is None:
             out = self.cache[key] = t.to(device=device, dtype=dtype)
+        return out
+
+    def output_map(self, o: _Output, device: torch.device) -> OutputMap:
+        key = ("map", id(o), device)
+        out = self.cache.get(key)
+        if out is None:
+            out = self.cache[key] = o.map.to(device)
         return out
 
 
@@ -221,6 +249,8 @@ def _add_side(module: nn.Module, state: _State, x: Tensor, y: Tensor) -> Tensor:
             y = y.contiguous()
         y2 = y.view(-1, out)
         x2 = xd.reshape(-1, xd.shape[-1])
+        # Output side paths read y₀, so they are all computed before anything is added.
+        mapped = [(o, _mapped(state, o, y2, -1, device)) for o in state.outputs]
         if state.a is not None:
             a = state.cast(state.a, "a", device, dtype)
             z = F.linear(x2, a)
@@ -237,11 +267,14 @@ def _add_side(module: nn.Module, state: _State, x: Tensor, y: Tensor) -> Tensor:
         for d in state.dense:
             h = F.linear(x2, state.cast(d.delta, f"d{id(d)}", device, dtype))
             _add_linear(y2, h, d.slice, _entry_strength(state, s_all, d.entry, d.mult), batch, dtype)
+        for o, h in mapped:
+            _add_linear(y2, h, o.slice, _entry_strength(state, s_all, o.entry, o.mult), batch, dtype)
         for bb in state.biases:
             v = state.cast(bb.vector, f"v{id(bb)}", device, dtype)
             _add_linear(y2, v, bb.slice, _entry_strength(state, s_all, bb.entry, bb.mult), batch, dtype)
         return y
     # conv
+    mapped = [(o, _mapped(state, o, y, 1, device)) for o in state.outputs]
     if state.a is not None:
         z = _conv(module, xd, state.cast(state.a, "a", device, dtype))
         s_rank = s_all.index_select(-1, state.cast(state.rank_entry, "re", device, torch.long))
@@ -256,11 +289,24 @@ def _add_side(module: nn.Module, state: _State, x: Tensor, y: Tensor) -> Tensor:
     for d in state.dense:
         h = _conv(module, xd, state.cast(d.delta, f"d{id(d)}", device, dtype), groups=module.groups)
         _add_conv(y, h, d.slice, _entry_strength(state, s_all, d.entry, d.mult), batch, dtype)
+    for o, h in mapped:
+        _add_conv(y, h, o.slice, _entry_strength(state, s_all, o.entry, o.mult), batch, dtype)
     for bb in state.biases:
         v = state.cast(bb.vector, f"v{id(bb)}", device, dtype)
         _add_conv(y, v.view(1, -1, *([1] * (y.dim() - 2))), bb.slice,
                   _entry_strength(state, s_all, bb.entry, bb.mult), batch, dtype)
     return y
+
+
+def _mapped(state: _State, o: _Output, y: Tensor, channel_axis: int, device: torch.device) -> Tensor:
+    """s-free Δy of one output side path: map(y₀[slice]) − map(b), fp32."""
+    ys = y if o.slice is None else y.narrow(channel_axis, o.slice.start, o.slice.length)
+    h = state.output_map(o, device)(ys, channel_axis)
+    if o.bias_term is not None:
+        shape = [1] * h.dim()
+        shape[channel_axis] = -1
+        h = h - state.cast(o.bias_term, f"t{id(o)}", device, torch.float32).view(shape)
+    return h
 
 
 def _entry_strength(state: _State, s_all: Tensor, entry: int, mult: float) -> Tensor:
@@ -313,9 +359,15 @@ def _check_slice(key: str, c: Contribution, out: int) -> Optional[Slice]:
 
 
 def _build_state(handle: BypassHandle, module: nn.Module, kind: str,
-                 items: list[tuple[str, Contribution]]) -> _State:
+                 items: list[tuple[str, Contribution]], originals: Mapping[str, Tensor]) -> _State:
     weight = module.weight
     device = weight.device
+    prefix = items[0][0].rpartition(".")[0] if items else ""
+    weight_key, bias_key = (f"{prefix}.weight", f"{prefix}.bias") if prefix else ("weight", "bias")
+    # W₀ and b₀: the unpatched tensors when the live ones hold merged rows.
+    w0 = originals.get(weight_key, weight)
+    b0 = originals.get(bias_key, getattr(module, "bias", None))
+    live_is_original = weight_key not in originals and bias_key not in originals
     shape = tuple(weight.shape)
     out = shape[0]
     prev = module.__dict__.get(STATE_ATTR)
@@ -332,7 +384,12 @@ def _build_state(handle: BypassHandle, module: nn.Module, kind: str,
         s = _check_slice(key, c, out)
         view_shape = (s.length if s else out,) + shape[1:]
         if c.part == "bias":
-            vec = patch.bias.detach().float().reshape(-1).to(device) * patch.bias_scale
+            base_bias = None
+            if kinds.bias_reads_base(patch):
+                base_bias = b0.detach().float().reshape(-1).to(device)
+                if s is not None:
+                    base_bias = base_bias.narrow(0, s.start, s.length)
+            vec = kinds.bias_delta(patch, base_bias).detach().to(device)
             if vec.numel() != view_shape[0]:
                 raise ShapeMismatchError(f"bias patch of {patch.name!r} has {vec.numel()} values, the "
                                          f"output has {view_shape[0]}", file=c.file or None, key=key)
@@ -340,9 +397,8 @@ def _build_state(handle: BypassHandle, module: nn.Module, kind: str,
             continue
         if patch.weight is None:
             continue
-        plain = isinstance(patch.weight, LoraWeights) and patch.dora is None and groups == 1
-        if plain:
-            b, a = factors(patch.weight, view_shape)
+        if kinds.is_low_rank(patch) and groups == 1:
+            b, a = kinds.factors(patch, view_shape)
             cols = math.prod(view_shape[1:])
             if b.shape[0] != view_shape[0] or a.shape[1] != cols or b.shape[1] != a.shape[0]:
                 raise ShapeMismatchError(f"LoRA module {patch.name!r} gives ΔW {b.shape[0]}×{a.shape[1]} "
@@ -354,15 +410,29 @@ def _build_state(handle: BypassHandle, module: nn.Module, kind: str,
             mults.append(torch.full((r,), c.strength, dtype=torch.float32))
             rank += r
             continue
-        if not weight.is_floating_point():
+        side = kinds.side_path(patch) if groups == 1 and live_is_original else None
+        if side is not None:
+            bias = getattr(module, "bias", None)
+            has_bias = isinstance(bias, Tensor)
+            probe = bias.detach().float().reshape(-1).to(device) if has_bias else torch.zeros(out, device=device)
+            if s is not None:
+                probe = probe.narrow(0, s.start, s.length)
+            try:  # also checks, at install, that the map fits these output rows
+                term = side.to(device)(probe.unsqueeze(0), -1).reshape(-1)
+            except (PatchbayError, RuntimeError) as e:
+                raise ShapeMismatchError(f"module {patch.name!r} does not fit the output of {tuple(shape)}: "
+                                         f"{str(e).splitlines()[0][:200]}", file=c.file or None, key=key) from None
+            state.outputs.append(_Output(s, side, term if has_bias else None, c.entry, c.strength))
+            continue
+        if not w0.is_floating_point():
             raise PatchbayError(f"{patch.kind.value} module {patch.name!r} needs the layer's weight, "
-                                f"which is stored as {weight.dtype}", file=c.file or None, key=key,
+                                f"which is stored as {w0.dtype}", file=c.file or None, key=key,
                                 fix="merge this LoRA instead of using the side path")
-        base = weight.detach().float()
+        base = w0.detach().float().to(device)
         if s is not None:
             base = base.narrow(0, s.start, s.length)
         try:
-            delta = delta_weight(patch, base)
+            delta = kinds.delta_weight(patch, base)
         except PatchbayError:
             raise
         except (RuntimeError, ValueError, IndexError) as e:
@@ -378,7 +448,8 @@ def _build_state(handle: BypassHandle, module: nn.Module, kind: str,
 
 def install_bypass(target: Union[nn.Module, Mapping[str, nn.Module]], plan: PatchPlan, *,
                    param_keys: Optional[Iterable[str]] = None,
-                   strengths: Optional[Mapping[int, float]] = None) -> BypassHandle:
+                   strengths: Optional[Mapping[int, float]] = None,
+                   originals: Optional[Mapping[str, Tensor]] = None) -> BypassHandle:
     """Wrap the modules the plan touches with side paths.
 
     ``target``: the root module (parameter keys are paths below it) or a
@@ -389,7 +460,8 @@ def install_bypass(target: Union[nn.Module, Mapping[str, nn.Module]], plan: Patc
     to move them live later with :meth:`BypassHandle.set_strength`.
     Parameters on modules the side path cannot run (norms, embeddings,
     transposed convs, non-weight/bias parameters) are listed in
-    ``handle.unsupported``; merge those instead.
+    ``handle.unsupported``; merge those instead.  ``originals``: see the
+    module docstring (the unpatched tensors of parameters that hold merged rows).
     """
     plan = normalized(plan)
     if param_keys is not None:
@@ -417,7 +489,7 @@ def install_bypass(target: Union[nn.Module, Mapping[str, nn.Module]], plan: Patc
     states = []
     with torch.no_grad():
         for module, kind, items in per_module.values():
-            states.append((module, _build_state(handle, module, kind, items)))
+            states.append((module, _build_state(handle, module, kind, items, originals or {})))
     for module, state in states:  # all states built before any module is wrapped
         module.__dict__[STATE_ATTR] = state
         module.__dict__["forward"] = types.MethodType(_bypass_forward, module)

@@ -154,9 +154,14 @@ class BoftWeights:
 
 @dataclass(frozen=True, eq=False)
 class Ia3Weights:
-    """Elementwise scaling: W' = W ⊙ v, along the input axis or the output axis."""
+    """Elementwise scaling: W' = W ⊙ v, along the input axis or the output axis.
+
+    ``scales_bias``: the layer's own bias is scaled too, b' = b ⊙ v (PEFT's
+    merge on the output axis); LyCORIS' merge leaves the bias alone.
+    """
     vector: Tensor
     on_input: bool
+    scales_bias: bool = False
     kind = Kind.IA3
 
 

@@ -37,11 +37,12 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from .dtypes import FLOAT8
-from .errors import ModelMismatchError, NonFiniteError, PatchbayError, ShapeMismatchError
+from .errors import ModelMismatchError, NonFiniteError, PatchbayError
 from .finite import has_non_finite
 from .ir import Slice
+from .kinds import bias_reads_base, changes_bias
 from .plan import Contribution, PatchPlan, normalized
-from .stack_delta import concat_factors, is_plain_lora, kind_delta, row_slice, target_shape as shape_after_patch, view_shape
+from .stack_delta import bias_part, concat_factors, is_plain_lora, kind_delta, row_slice, target_shape as shape_after_patch, view_shape
 
 Tensor = torch.Tensor
 
@@ -343,7 +344,7 @@ class MergePatcher:
             if group is None:
                 group = groups[s] = _Group(s)
             if c.part == "bias":
-                if c.resolved.patch.bias is None:
+                if not changes_bias(c.resolved.patch):
                     continue
                 group.biases.append(c)
             elif c.resolved.patch.weight is None:
@@ -429,7 +430,7 @@ class MergePatcher:
         else:
             w = torch.empty(shape, dtype=torch.float32, device=device)
             w.copy_(src)
-        need_base = any(g.dense for g in groups)
+        need_base = any(g.dense or any(bias_reads_base(c.resolved.patch) for c in g.biases) for g in groups)
         base = None
         if need_base:
             base = w.clone() if reshape else src.to(device=device, dtype=torch.float32)
@@ -448,13 +449,10 @@ class MergePatcher:
                     view.add_(kind_delta(key, c, base_view), alpha=c.strength)
                     stats.dense_deltas += 1
             for c in g.biases:
-                patch = c.resolved.patch
-                b = patch.bias.to(device=device, dtype=torch.float32)
-                if b.numel() != view.numel():
-                    raise ShapeMismatchError(
-                        f"bias patch of module {patch.name!r} has {b.numel()} values, the target "
-                        f"has {view.numel()}", file=c.file or None, key=key)
-                view.add_(b.reshape(view.shape), alpha=c.strength * patch.bias_scale)
+                base_view = None
+                if base is not None:
+                    base_view = base if g.slice is None else base.narrow(g.slice.dim, g.slice.start, g.slice.length)
+                view.add_(bias_part(key, c, base_view, view.shape, device), alpha=c.strength)
                 stats.bias_adds += 1
         stats.peak_transient_bytes = max(stats.peak_transient_bytes, transient)
         flag = _bad_flag(*torch.aminmax(w), dtype)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, Mapping, Optional, Sequence
 
 from .ir import CoverageReport, ResolvedPatch
+from .kinds import changes_bias
 
 Part = Literal["weight", "bias"]
 
@@ -59,7 +60,7 @@ def build_plan(entries: Sequence[PlanEntry]) -> dict[str, tuple[Contribution, ..
             targets: list[tuple[Optional[str], Part]] = []
             if patch.weight is not None and resolved.weight_key:
                 targets.append((resolved.weight_key, "weight"))
-            if patch.bias is not None and resolved.bias_key:
+            if changes_bias(patch) and resolved.bias_key:
                 targets.append((resolved.bias_key, "bias"))
             for key, part in targets:
                 factor = float(multiplier(key)) if multiplier is not None else 1.0

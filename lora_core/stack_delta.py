@@ -2,7 +2,7 @@
 
     D = Σ_rows [s₁c₁B₁ | s₂c₂B₂ | …]·[A₁; A₂; …]      plain LoRAs, one GEMM per row group
       + Σ sᵢ·ΔWᵢ(W₀)                                  other kinds and DoRA (lora_core.kinds)
-      + Σ sᵢ·cᵢ·bᵢ                                    bias patches
+      + Σ sᵢ·(cᵢ·bᵢ + Δbᵢ(b₀))                        bias patches and kind bias rules (PEFT IA3)
 
 so the patched weight is ``W₀ + D`` (fp32 accumulation, one rounding by the
 caller).  A row group is the whole parameter or one fused-qkv slice.  The
@@ -18,29 +18,23 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from .errors import PatchbayError, ShapeMismatchError
-from .ir import Kind, LoraWeights, Slice
-from .kinds import delta_weight
-from .kinds.lora import factors
+from .ir import Slice
+from .kinds import bias_delta, bias_reads_base, changes_bias, delta_weight, factors, is_low_rank, reads_base
 from .plan import Contribution
-
-# Kinds whose ΔW never reads W₀, so a computed D is valid for any base.
-BASE_FREE_KINDS = (Kind.LORA, Kind.LOHA, Kind.LOKR, Kind.FULL)
 
 FactorSource = Callable[[Contribution, torch.Size, torch.device], tuple[torch.Tensor, torch.Tensor]]
 
 
 def is_plain_lora(c: Contribution) -> bool:
-    p = c.resolved.patch
-    return c.part == "weight" and isinstance(p.weight, LoraWeights) and p.dora is None
+    """A weight contribution that is one ``B·A`` pair (the kinds table decides)."""
+    return c.part == "weight" and is_low_rank(c.resolved.patch)
 
 
 def base_independent(contribs: Iterable[Contribution]) -> bool:
     """True when D does not read W₀ (so a cached D is valid for any base)."""
     for c in contribs:
-        if c.part == "bias":
-            continue
         p = c.resolved.patch
-        if p.dora is not None or p.weight is None or p.weight.kind not in BASE_FREE_KINDS:
+        if bias_reads_base(p) if c.part == "bias" else reads_base(p):
             return False
     return True
 
@@ -93,7 +87,7 @@ def group_by_rows(key: str, contribs: Iterable[Contribution],
 
 
 def plain_factors(c: Contribution, view: torch.Size, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    b, a = factors(c.resolved.patch.weight, view)
+    b, a = factors(c.resolved.patch, view)
     return b.to(device=device, dtype=torch.float32), a.to(device=device, dtype=torch.float32)
 
 
@@ -136,6 +130,18 @@ def kind_delta(key: str, c: Contribution, base: torch.Tensor) -> torch.Tensor:
     return delta
 
 
+def bias_part(key: str, c: Contribution, base: Optional[torch.Tensor], view: torch.Size,
+              device: torch.device) -> torch.Tensor:
+    """Δb at strength 1 of one bias contribution (fp32, ``view``-shaped): the file's
+    bias tensor and the kind's bias rule on b₀ (``base``, read only by that rule)."""
+    patch = c.resolved.patch
+    d = bias_delta(patch, base).to(device=device, dtype=torch.float32)
+    if d.numel() != view.numel():
+        raise ShapeMismatchError(f"bias patch of module {patch.name!r} has {d.numel()} values, the target "
+                                 f"has {view.numel()}", file=c.file or None, key=key)
+    return d.reshape(view)
+
+
 def _group_delta(key: str, items: list[Contribution], view: torch.Size, base_view: Optional[torch.Tensor],
                  device: torch.device, factor_source: FactorSource) -> Optional[torch.Tensor]:
     loras = [c for c in items if is_plain_lora(c)]
@@ -147,10 +153,10 @@ def _group_delta(key: str, items: list[Contribution], view: torch.Size, base_vie
         if is_plain_lora(c):
             continue
         patch = c.resolved.patch
-        if (c.part == "bias" and patch.bias is None) or (c.part == "weight" and patch.weight is None):
+        if (c.part == "bias" and not changes_bias(patch)) or (c.part == "weight" and patch.weight is None):
             continue
         if c.part == "bias":
-            d = patch.bias.to(device=device, dtype=torch.float32).reshape(view) * (c.strength * patch.bias_scale)
+            d = bias_part(key, c, base_view, view, device) * c.strength
         else:
             base = base_view if base_view is not None else torch.zeros(view, device=device)
             d = kind_delta(key, c, base) * c.strength

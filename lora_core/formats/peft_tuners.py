@@ -160,7 +160,9 @@ class PeftIa3Parser:
         else:
             on_input = False
             ctx.note("PEFT IA3 conv vectors without adapter_config.json were read as output scales")
-        return (ModulePatch(name=module, weight=Ia3Weights(vector=vec, on_input=on_input), scale=1.0,
+        # PEFT's merge scales the layer's bias by v on the output axis (LyCORIS' does not).
+        weights = Ia3Weights(vector=vec, on_input=on_input, scales_bias=not on_input)
+        return (ModulePatch(name=module, weight=weights, scale=1.0,
                             keys=_keys(module, consumed)), consumed)
 
 

@@ -7,13 +7,18 @@ PEFT stores v itself (``ia3_l``); LyCORIS stores the increment w with
 v = 1 + w, which its parser keeps in float64 so that v − 1 gives w back
 exactly.
 
-Side path (output axis only): the merged layer computes (W ⊙ v)·x + b =
-b + v ⊙ (W·x), so the residual is (v − 1) ⊙ (y − b) scaled by s: an
-elementwise product on the base output, far cheaper than a dense ΔW.  The
-input axis needs a second pass through the layer, so it uses the dense ΔW.
-PEFT also scales the *bias* by v on the output axis; see :func:`bias_delta`.
+Side path (output axis only): the merged layer computes (W ⊙ v)·x = v ⊙ (W·x),
+so Δy = (v − 1) ⊙ (y₀ − b), an elementwise product on the base output
+(:class:`ChannelScale`).  The input axis needs a second pass through the
+layer, so it has no side path (the bypass uses the dense ΔW).
+
+Bias rule: PEFT's merge also scales the layer's *bias* on the output axis,
+Δb = b ⊙ (v − 1) (``Ia3Weights.scales_bias``, set by the PEFT parser);
+LyCORIS' merge leaves the bias alone (see :func:`scales_bias`).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -46,25 +51,36 @@ def delta_weight(weights: Ia3Weights, base: torch.Tensor) -> torch.Tensor:
     return base * _broadcast(increment(weights), base, weights.on_input)
 
 
-def bias_delta(weights: Ia3Weights, bias: torch.Tensor) -> torch.Tensor | None:
-    """PEFT's merge also scales the bias on the output axis: Δb = b ⊙ (v − 1).
+def scales_bias(weights: Ia3Weights) -> bool:
+    """True when the adapter also scales the layer's own bias (PEFT, output axis)."""
+    return weights.scales_bias and not weights.on_input
 
-    LyCORIS' merge leaves the bias alone.  Returns None on the input axis.
-    """
-    if weights.on_input:
-        return None
+
+def bias_delta(weights: Ia3Weights, bias: torch.Tensor) -> torch.Tensor:
+    """Δb = b ⊙ (v − 1) in fp32, PEFT's bias rule on the output axis."""
     inc = increment(weights)
     if inc.numel() != bias.numel():
-        raise ShapeMismatchError(f"IA3 vector has {inc.numel()} entries, the bias {bias.numel()}")
+        raise ShapeMismatchError(f"IA3 vector has {inc.numel()} entries, the bias {bias.numel()}",
+                                 fix="the LoRA was made for another model")
     return bias.float() * inc.reshape(bias.shape)
 
 
-def side_forward(weights: Ia3Weights, output_without_bias: torch.Tensor, strength: float = 1.0,
-                 channel_axis: int = -1) -> torch.Tensor:
-    """Residual Δy for an output-axis IA3: s·(v − 1) ⊙ (W·x), channels on ``channel_axis``."""
+@dataclass(frozen=True, eq=False)
+class ChannelScale:
+    """Δy = (v − 1) ⊙ y on the channel axis (see the module docstring)."""
+    increment: torch.Tensor  # (out,) fp32
+
+    def __call__(self, y: torch.Tensor, channel_axis: int) -> torch.Tensor:
+        shape = [1] * y.dim()
+        shape[channel_axis] = -1
+        return y.float() * self.increment.reshape(shape)
+
+    def to(self, device: torch.device) -> "ChannelScale":
+        return ChannelScale(self.increment.to(device))
+
+
+def side_path(weights: Ia3Weights) -> ChannelScale | None:
+    """The output-axis side path, or None on the input axis."""
     if weights.on_input:
-        raise ValueError("input-axis IA3 has no cheap side path; use the dense delta_weight")
-    inc = increment(weights).to(output_without_bias.dtype)
-    shape = [1] * output_without_bias.dim()
-    shape[channel_axis] = -1
-    return output_without_bias * (inc.reshape(shape) * strength)
+        return None
+    return ChannelScale(increment(weights))

@@ -32,10 +32,21 @@ PEFT BOFT (input axis)::
 
 ΔW = W' − W, so strength s gives W + s·ΔW (s = 0 is exactly W).  LyCORIS
 itself interpolates each rotation towards I instead; both agree at s = 1.
-No side path: a rotation of the output needs the full output anyway, so the
-bypass uses the dense ΔW.
+
+Side path (LyCORIS layouts, which rotate the output axis; as LyCORIS'
+``functional/diag_oft._bypass_diff`` and ComfyUI's OFT adapter do)::
+
+    OFT:   Δy[block k] = (R_k − I)ᵀ·y[block k],  then  rescale ⊙ Δy + (rescale − 1) ⊙ y
+    BOFT:  Δy = rescale ⊙ (stage_{m−1} ∘ … ∘ stage_0)(y) − y
+
+on the channel axis of y = W·x, so the bypass never reads W (see
+``kinds/side.py``).  PEFT's layouts rotate the input axis, which needs a
+second pass through the layer: no side path, the bypass uses the dense ΔW.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import torch
 
@@ -205,3 +216,93 @@ def delta_boft(weights: BoftWeights, base: torch.Tensor) -> torch.Tensor:
             raise _misfit(f"BOFT scale with {weights.rescale.numel()} entries", base)
         v = v * weights.rescale.double().reshape(out_dim, 1)
     return (v - w).float().reshape(base.shape)
+
+
+def delta_weight(weights: Union[OftWeights, BoftWeights], base: torch.Tensor) -> torch.Tensor:
+    """ΔW at strength 1 in fp32 for either rotation kind."""
+    if isinstance(weights, BoftWeights):
+        return delta_boft(weights, base)
+    return delta_oft(weights, base)
+
+
+def _channels_last(y: torch.Tensor, channel_axis: int) -> torch.Tensor:
+    return y.float().movedim(channel_axis, -1)
+
+
+def _rescale_output(delta: torch.Tensor, y: torch.Tensor, rescale: Optional[torch.Tensor]) -> torch.Tensor:
+    if rescale is None:
+        return delta
+    return rescale * delta + (rescale - 1) * y
+
+
+@dataclass(frozen=True, eq=False)
+class BlockRotation:
+    """OFT's output side path: Δy[block k] = (R_k − I)ᵀ·y[block k] (+ rescale)."""
+    r_minus_i: torch.Tensor          # (n, b, b) fp32
+    rescale: Optional[torch.Tensor]  # (out,) fp32
+
+    def __call__(self, y: torch.Tensor, channel_axis: int) -> torch.Tensor:
+        yl = _channels_last(y, channel_axis)
+        n, b = self.r_minus_i.shape[0], self.r_minus_i.shape[-1]
+        if yl.shape[-1] != n * b:
+            raise ShapeMismatchError(f"OFT side path has {n}×{b} channels, the output {yl.shape[-1]}",
+                                     fix="the LoRA was made for another model")
+        blocks = yl.reshape(*yl.shape[:-1], n, b)
+        delta = torch.einsum("knm,...kn->...km", self.r_minus_i, blocks).reshape(yl.shape)
+        return _rescale_output(delta, yl, self.rescale).movedim(-1, channel_axis)
+
+    def to(self, device: torch.device) -> "BlockRotation":
+        return BlockRotation(self.r_minus_i.to(device),
+                             None if self.rescale is None else self.rescale.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class ButterflyRotation:
+    """BOFT's output side path: Δy = rescale ⊙ (stages applied to y) − y."""
+    rotations: torch.Tensor          # (m, n, b, b) fp32, R itself
+    indices: tuple[torch.Tensor, ...]  # per stage: channel order of its blocks
+    rescale: Optional[torch.Tensor]  # (out,) fp32
+
+    def __call__(self, y: torch.Tensor, channel_axis: int) -> torch.Tensor:
+        yl = _channels_last(y, channel_axis)
+        _, n, b, _ = self.rotations.shape
+        if yl.shape[-1] != n * b:
+            raise ShapeMismatchError(f"BOFT side path has {n}×{b} channels, the output {yl.shape[-1]}",
+                                     fix="the LoRA was made for another model")
+        v = yl
+        for rot, index in zip(self.rotations, self.indices):
+            z = v.index_select(-1, index).reshape(*yl.shape[:-1], n, b)
+            z = torch.einsum("kij,...kj->...ki", rot, z).reshape(yl.shape)
+            nxt = torch.empty_like(z)
+            nxt[..., index] = z
+            v = nxt
+        if self.rescale is not None:
+            v = v * self.rescale
+        return (v - yl).movedim(-1, channel_axis)
+
+    def to(self, device: torch.device) -> "ButterflyRotation":
+        return ButterflyRotation(self.rotations.to(device), tuple(i.to(device) for i in self.indices),
+                                 None if self.rescale is None else self.rescale.to(device))
+
+
+def side_path(weights: Union[OftWeights, BoftWeights]) -> Union[BlockRotation, ButterflyRotation, None]:
+    """The output-rotation side path of a LyCORIS OFT/BOFT, or None for PEFT's input rotation."""
+    if weights.layout != "lycoris":
+        return None
+    blocks = weights.blocks
+    rescale = None if weights.rescale is None else weights.rescale.float().reshape(-1)
+    if isinstance(weights, BoftWeights):
+        if blocks.dim() != 4 or blocks.shape[-1] != blocks.shape[-2]:
+            return None
+        m, n, b = int(blocks.shape[0]), int(blocks.shape[1]), int(blocks.shape[2])
+        out_dim = n * b
+        rot = lycoris_rotation_minus_identity(blocks, weights.constraint, out_dim) \
+            + torch.eye(b, dtype=torch.float64)
+        try:
+            indices = tuple(_lycoris_stage_index(out_dim, (2 ** i) * (b // 2)) for i in range(m))
+        except ValueError:
+            return None
+        return ButterflyRotation(rot.float(), indices, rescale)
+    n, b = int(blocks.shape[0]), int(blocks.shape[-1])
+    r_minus_i = lycoris_rotation_minus_identity(blocks, weights.constraint, n * b).float()
+    return BlockRotation(r_minus_i, rescale)

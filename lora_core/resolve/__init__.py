@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from ..ir import CoverageReport, LoraFile, ModulePatch, ResolvedPatch, Unmatched
+from ..kinds import changes_bias
 from .family import detect_index_family, guess_family, label
 from .model import DIFFUSION, TE_IDENTITIES, TEXT_ENCODER, ModelIndex, build_index
 from .shapes import bias_misfit, target_shape, weight_misfit
@@ -220,7 +221,11 @@ def _place(patch: ModulePatch, target: Target, unmatched: list[Unmatched],
             return None
         weight_key = mod.weight_key
     bias_key = None
-    if patch.bias is not None:
+    if patch.bias is None and changes_bias(patch):
+        # The kind's bias rule (PEFT IA3) scales the layer's own bias, when it has one.
+        if weight_key is not None and mod.bias_key is not None and mod.bias_shape is not None:
+            bias_key = mod.bias_key
+    elif patch.bias is not None:
         if mod.bias_key is None or mod.bias_shape is None:
             if weight_key is None:
                 unmatched.append(Unmatched(patch.name, patch.keys, "unknown name",

@@ -18,8 +18,7 @@ from fixtures.lycoris_files import relative_error
 from fixtures.peft_tuner_files import VARIANTS, module_of, peft_file, unsupported_file
 from lora_core.formats import parse_file, parse_state_dict
 from lora_core.ir import BoftWeights, Ia3Weights, LohaWeights, LokrWeights, OftWeights
-from lora_core.kinds import delta_weight
-from lora_core.kinds import ia3 as ia3_kind
+from lora_core.kinds import bias_delta, changes_bias, delta_weight, side_path
 from safetensors.torch import load_file
 
 MERGED_TOL = 1e-5
@@ -60,9 +59,10 @@ def test_fidelity_against_peft_merge(variant, peft_dir):
         assert relative_error(w0 + delta, wm) <= MERGED_TOL, name
         assert relative_error(delta, wm - w0) <= DELTA_TOL, name
         if isinstance(patch.weight, Ia3Weights):
-            # PEFT also scales the bias on the output axis.
-            db = ia3_kind.bias_delta(patch.weight, b0)
-            assert relative_error(b0 + (db if db is not None else 0), bm) <= MERGED_TOL
+            # PEFT also scales the bias on the output axis (the kinds table's bias rule).
+            assert changes_bias(patch) == (not patch.weight.on_input), name
+            b = b0 + bias_delta(patch, b0).reshape(b0.shape) if changes_bias(patch) else b0
+            assert relative_error(b, bm) <= MERGED_TOL, name
         else:
             assert torch.equal(bm, b0)
 
@@ -108,7 +108,7 @@ def test_ia3_axis_from_config_and_shape(peft_dir):
 
 
 def test_ia3_side_forward_matches_merged_layer(peft_dir):
-    """Output-axis IA3 side path: y_merged = y_base + s·(v − 1) ⊙ (W·x)."""
+    """Output-axis IA3 side path: y_merged = y_base + s·(v − 1) ⊙ (W·x) (+ PEFT's bias rule)."""
     gen = generated("ia3", peft_dir)
     patch = {module_of(p.name): p for p in parse_file(gen.path).patches}["fc1"]
     w0, b0 = gen.originals["fc1"]
@@ -116,7 +116,7 @@ def test_ia3_side_forward_matches_merged_layer(peft_dir):
     s = 0.7
     delta = delta_weight(patch, w0)
     merged_out = x @ (w0 + s * delta).T + b0
-    side = ia3_kind.side_forward(patch.weight, x @ w0.T, strength=s)
+    side = s * side_path(patch)(x @ w0.T, -1)
     assert relative_error(x @ w0.T + b0 + side, merged_out) < 1e-6
 
 

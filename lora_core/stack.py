@@ -5,12 +5,19 @@ cache key for parsed plans and for patched weights.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional
 
 from .errors import StackError
+
+# The row editor's JSON (the ``rows`` widget): {"version": 2, "options": {"separate_clip": bool},
+# "rows": [{"id", "on", "lora", "strength", "strength_clip" (null = same), "hash"}]}.
+STACK_VERSION = 2
+# The editor's slider range; v2 values are written by it, so a strength beyond is a hand edit gone wrong.
+V2_STRENGTH_LIMIT = 4.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,9 @@ class StackEntry:
     schedule: Optional[Schedule] = None
     iclora: bool = False
     file_hash: Optional[str] = None
+    # The editor's stable row id: kept for round trips, not part of equality
+    # (two stacks that differ only in ids apply the same LoRAs).
+    row_id: Optional[str] = field(default=None, compare=False)
 
     @property
     def active_model(self) -> bool:
@@ -64,6 +74,8 @@ class StackEntry:
             row["iclora"] = True
         if self.file_hash:
             row["hash"] = self.file_hash
+        if self.row_id:
+            row["id"] = self.row_id
         return row
 
 
@@ -92,6 +104,8 @@ class LoraStack:
 
 def _number(row: dict, name: str, default: float, index: int) -> float:
     value = row.get(name, default)
+    if value is None:  # null: "same as the default" (strength_clip null = strength)
+        value = default
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -118,6 +132,8 @@ def parse_rows(rows: Any) -> LoraStack:
         except json.JSONDecodeError as e:
             raise StackError(f"stack rows are not valid JSON ({e.msg} at char {e.pos})",
                              fix='write rows as [{"on": true, "lora": "x.safetensors", "strength": 1.0}]') from None
+    if isinstance(rows, dict) and "version" in rows:
+        return _parse_versioned(rows)
     if isinstance(rows, dict):
         rows = rows.get("rows", rows.get("__value__", []))
     if not isinstance(rows, Iterable):
@@ -137,3 +153,75 @@ def parse_rows(rows: Any) -> LoraStack:
                                   iclora=bool(row.get("iclora", False)),
                                   file_hash=row.get("hash") or None))
     return LoraStack(tuple(entries))
+
+
+def _parse_versioned(value: dict) -> LoraStack:
+    """The editor's v2 value: ``options.separate_clip`` false makes every row's
+    CLIP strength its model strength; ``strength_clip`` null means the same;
+    ids, hashes and ``iclora`` are kept, unknown fields ignored, empty rows skipped."""
+    version = value.get("version")
+    if version != STACK_VERSION:
+        raise StackError(f"stack value version {version!r} is not one this LoRA Patchbay reads "
+                         f"(it reads {STACK_VERSION} and plain row lists)",
+                         fix="update LoRA Patchbay, or re-create the stack in this version")
+    options = value.get("options")
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise StackError("stack options must be an object such as {\"separate_clip\": false}")
+    separate = options.get("separate_clip", False)
+    if not isinstance(separate, bool):
+        raise StackError(f"stack option separate_clip must be true or false, got {separate!r}")
+    rows = value.get("rows")
+    rows = [] if rows is None else rows
+    if not isinstance(rows, list):
+        raise StackError("stack rows must be a list", fix='write {"version": 2, "rows": [...]}')
+    entries = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise StackError(f"row {i + 1} must be an object, got {type(row).__name__}")
+        name = row.get("lora")
+        if name in (None, "", "None"):
+            continue
+        if not isinstance(name, str):
+            raise StackError(f"row {i + 1}: lora must be a file name, got {name!r}",
+                             fix="pick the LoRA from the list")
+        on = row.get("on", True)
+        if not isinstance(on, bool):
+            raise StackError(f"row {i + 1}: on must be true or false, got {on!r}")
+        strength = _bounded(row, "strength", 1.0, i)
+        clip = _bounded(row, "strength_clip", strength, i) if separate else strength
+        row_id = row.get("id")
+        entries.append(StackEntry(lora=name, strength_model=strength, strength_clip=clip, enabled=on,
+                                  iclora=row.get("iclora") is True, file_hash=row.get("hash") or None,
+                                  row_id=str(row_id) if row_id not in (None, "") else None))
+    return LoraStack(tuple(entries))
+
+
+def _bounded(row: dict, name: str, default: float, index: int) -> float:
+    value = _number(row, name, default, index)
+    if abs(value) > V2_STRENGTH_LIMIT:
+        raise StackError(f"row {index + 1}: {name} {value:g} is outside the editor's range "
+                         f"±{V2_STRENGTH_LIMIT:g}", fix=f"use a strength between -{V2_STRENGTH_LIMIT:g} "
+                         f"and {V2_STRENGTH_LIMIT:g}")
+    return value
+
+
+def default_row_id(index: int, lora: str) -> str:
+    """A stable ``r-<8 hex>`` id for a row that has none (same row, same id)."""
+    return "r-" + hashlib.sha1(f"{index}:{lora}".encode()).hexdigest()[:8]
+
+
+def stack_value(stack: LoraStack) -> dict:
+    """The v2 value of a stack (what the editor writes): one strength column
+    unless some row's CLIP strength differs from its model strength."""
+    separate = any(e.strength_clip != e.strength_model for e in stack.entries)
+    rows = []
+    for i, e in enumerate(stack.entries):
+        row: dict[str, Any] = {"id": e.row_id or default_row_id(i, e.lora), "on": e.enabled, "lora": e.lora,
+                               "strength": e.strength_model, "strength_clip": e.strength_clip if separate else None}
+        if e.file_hash:
+            row["hash"] = e.file_hash
+        if e.iclora:
+            row["iclora"] = True
+        rows.append(row)
+    return {"version": STACK_VERSION, "options": {"separate_clip": separate}, "rows": rows}

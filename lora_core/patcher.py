@@ -14,12 +14,19 @@ Per parameter, on the weight's device, accumulated in fp32:
   hash of the key, so a re-patch reproduces the same bits.
 
 A parameter hit only by plain LoRAs is processed in row blocks that fit the
-last-level cache (backup, upcast, GEMM, check and store touch each block
-while it is there), so the cost is close to one GEMM plus one read and two
-writes (parameter and backup) of the weight.
+last-level cache (upcast, GEMM, check and store touch each block while it is
+there), so the cost is close to one GEMM plus one read and one write of the
+weight.
 
-Exact restore: the first time a parameter is touched its original is copied to
-the offload device; restoring copies it back (never subtracts).  ``apply``
+Exact restore without a copy: the first time an ``nn.Parameter`` is merged,
+its current storage itself becomes the backup and the parameter's ``.data``
+is re-pointed at new storage holding W₀ + D; restoring re-points it back
+(never subtracts, copies nothing).  Holders of the Parameter object (modules,
+closures, ``state_dict(keep_vars=True)``, compiled graphs) see both; a
+``.data``/``state_dict()`` alias taken before the merge keeps reading W₀.
+Tied weights, plain tensors (buffers, views handed in), non-contiguous
+weights and weights whose backup lives elsewhere (CUDA weight, pinned CPU
+backup) are written in place behind a copy of the original instead.  ``apply``
 of a new plan recomputes only the parameters whose contribution tuples
 changed, from those originals, so the result is bit-identical to a fresh
 apply.  ``apply`` is all-or-nothing: on any failure (shape mismatch, NaN/Inf
@@ -77,6 +84,7 @@ class _Backup:
     device: torch.device      # where the parameter lives
     dtype: torch.dtype
     shape: torch.Size
+    original: bool = False    # ``tensor`` is the parameter's own former storage (restore re-points)
 
 
 def key_seed(key: str) -> int:
@@ -155,6 +163,7 @@ class MergePatcher:
         self._backups: dict[str, _Backup] = {}
         self._applied: dict[str, tuple[Contribution, ...]] = {}
         self._workspaces: dict[torch.device, Tensor] = {}
+        self._tied = _tied_names(self.params)
 
     # ------------------------------------------------------------ public API
     @property
@@ -179,6 +188,7 @@ class MergePatcher:
         target = normalized(plan)
         for key in target:
             self._check_param(key)
+        self._check_ties(target)
         changed = [k for k, v in target.items() if self._applied.get(k) != v]
         removed = [k for k in self._applied if k not in target]
         if not self.keep_originals and any(k in self._applied for k in changed + removed):
@@ -236,6 +246,28 @@ class MergePatcher:
             raise ModelMismatchError(f"cannot merge into a {dtype} parameter", key=key,
                                      fix="use the bypass (side path) mode for quantized models")
 
+    def _check_ties(self, target: Mapping[str, tuple[Contribution, ...]]) -> None:
+        for key in target:
+            others = [k for k in self._tied.get(key, ()) if k in target or k in self._applied]
+            if others:
+                raise ModelMismatchError(
+                    f"{key} and {', '.join(others)} are one tensor (tied weights), and the plan patches "
+                    "it through more than one name", key=key,
+                    fix="patch tied weights through one name only (the others see the result)")
+
+    def _swaps_storage(self, key: str, param: Tensor) -> bool:
+        """Merge into new storage, keeping the current one as the backup (no copy of W₀)?
+
+        Only for an ``nn.Parameter`` (modules hold the object, so re-pointing its
+        ``.data`` reaches every holder) that is contiguous, owns its storage alone
+        and lives where originals are kept.  Tied weights, plain tensors (buffers,
+        ``state_dict()`` views handed in) and CUDA weights with a CPU backup are
+        written in place behind a copied backup instead.
+        """
+        return (self.keep_originals and isinstance(param, torch.nn.Parameter) and key not in self._tied
+                and param.is_contiguous() and param.device == self._offload_device(param)
+                and type(param.data) is torch.Tensor)
+
     @staticmethod
     def _first_bad(flags: list[tuple[str, Tensor]]) -> Optional[str]:
         if not flags:
@@ -282,7 +314,9 @@ class MergePatcher:
         if backup is None:
             return
         param = self.params[key]
-        if param.shape == backup.shape and param.dtype == backup.dtype:
+        if backup.original and param.device == backup.tensor.device:
+            param.data = backup.tensor  # the original storage itself: nothing is copied
+        elif param.shape == backup.shape and param.dtype == backup.dtype:
             param.data.copy_(backup.tensor)
         else:
             param.data = backup.tensor.to(backup.device)
@@ -308,7 +342,7 @@ class MergePatcher:
             tensor = torch.empty(data.shape, dtype=data.dtype, device=device, pin_memory=pin)
             if fill:
                 tensor.copy_(data)
-        backup = _Backup(tensor, data.device, data.dtype, data.shape)
+        backup = _Backup(tensor, data.device, data.dtype, data.shape, original=tensor is data)
         self._backups[key] = backup
         return backup
 
@@ -367,17 +401,27 @@ class MergePatcher:
 
     def _write_blocks(self, key: str, param: Tensor, groups: list[_Group], backup: Optional[_Backup],
                       shape: torch.Size, dtype: torch.dtype, stats: ApplyStats) -> Tensor:
-        """Plain LoRAs only: backup, upcast, GEMM, check and store per row block."""
+        """Plain LoRAs only: (backup,) upcast, GEMM, check and store per row block.
+
+        The first merge of a parameter that can swap storage reads W₀ once and
+        writes W₀ + D once into new storage; W₀'s own storage becomes the backup.
+        """
         first = backup is None and self.keep_originals
+        swap = first and self._swaps_storage(key, param)
         rows = shape[0]
         cols = param.numel() // rows if rows else 0
-        if first:
+        if first and not swap:
             backup = self._new_backup(key, param, fill=False)
         budget = BLOCK_ELEMENTS if param.device.type == "cpu" else BLOCK_ELEMENTS_GPU
         block_rows = max(1, budget // max(cols, 1))
         ws = self._workspace(param.device, min(rows, block_rows) * cols)
         data = param.data.view(rows, cols)
         orig = backup.tensor.view(rows, cols) if backup is not None else data  # block read before written
+        fresh: Optional[Tensor] = None  # new storage for the parameter (swap, or re-pointed at W₀)
+        if swap or (backup is not None and backup.original and _same_storage(param.data, backup.tensor)):
+            orig = param.data.view(rows, cols) if swap else orig
+            fresh = torch.empty(shape, dtype=dtype, device=param.device)
+            data = fresh.view(rows, cols)
         gen = None
         if dtype in FLOAT8:
             gen = torch.Generator(device=param.device)
@@ -392,7 +436,7 @@ class MergePatcher:
             for r0 in range(0, rows, block_rows):
                 r1 = min(rows, r0 + block_rows)
                 x = ws[: (r1 - r0) * cols].view(r1 - r0, cols)
-                if first:
+                if first and not swap:
                     orig[r0:r1].copy_(data[r0:r1])
                 x.copy_(orig[r0:r1])
                 for g0, glen, g in spans:
@@ -408,10 +452,14 @@ class MergePatcher:
                     data[r0:r1].copy_(x)
                 done = r1
         except BaseException:
-            if first:  # the backup is complete only up to the failing block
+            if first and not swap:  # the backup is complete only up to the failing block
                 data[:done].copy_(orig[:done])
                 del self._backups[key]
-            raise
+            raise  # with new storage nothing of the parameter was written
+        if swap:
+            self._backups[key] = _Backup(param.data, param.device, dtype, shape, original=True)
+        if fresh is not None:
+            param.data = fresh
         return _bad_flag(torch.stack(lows).amin(), torch.stack(highs).amax(), dtype)
 
     def _write_whole(self, key: str, param: Tensor, groups: list[_Group], backup: Optional[_Backup],
@@ -420,7 +468,10 @@ class MergePatcher:
         """General path: the whole parameter in fp32 (dense kinds, bias, reshape, odd slices)."""
         device = param.device
         reshape = target_shape != shape
-        if backup is None and self.keep_originals:
+        swap = backup is None and self._swaps_storage(key, param)
+        if swap:  # W₀'s storage becomes the backup; the result goes to new storage below
+            backup = _Backup(param.data, device, dtype, shape, original=True)
+        elif backup is None and self.keep_originals:
             backup = self._new_backup(key, param, fill=True, share=reshape)
         src = backup.tensor if backup is not None else param.data  # read fully before the write
         corner = tuple(slice(0, n) for n in shape)
@@ -462,11 +513,34 @@ class MergePatcher:
             out = stochastic_round(w, dtype, gen)
         else:
             out = w
-        if param.shape == target_shape and param.dtype == dtype:
+        if swap:
+            self._backups[key] = backup
+        repoint = backup is not None and backup.original and _same_storage(param.data, backup.tensor)
+        if param.shape == target_shape and param.dtype == dtype and not repoint:
             param.data.copy_(out)
         else:
-            param.data = out.to(dtype)
+            param.data = out.to(dtype)  # new storage (already ``out`` itself when it is fp32)
         return flag
+
+def _same_storage(a: Tensor, b: Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # tensor subclasses without a plain storage
+        return a.data_ptr() == b.data_ptr()
+
+
+def _tied_names(params: Mapping[str, Tensor]) -> dict[str, tuple[str, ...]]:
+    """Parameter key → the other keys sharing its storage (tied weights)."""
+    by_storage: dict[tuple[str, int], list[str]] = {}
+    for key, t in params.items():
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError, AttributeError):
+            continue
+        if ptr:
+            by_storage.setdefault((str(t.device), ptr), []).append(key)
+    return {k: tuple(o for o in keys if o != k) for keys in by_storage.values() if len(keys) > 1 for k in keys}
+
 
 def _bad_flag(low: Tensor, high: Tensor, dtype: torch.dtype) -> Tensor:
     limit = _overflow_limit(dtype)

@@ -221,15 +221,16 @@ def test_reshape_pads_and_restores_the_original_tensor():
     assert param.shape == (16, 24) and same_bits(param.detach(), w0)
 
 
-def test_writes_in_place_so_other_references_see_them():
+def test_parameter_object_is_kept_and_its_holders_see_the_merge():
+    # The storage is new (W₀'s own storage is the backup, see test_patcher_storage.py);
+    # modules and anything holding the Parameter object see the merged weight.
     net = Net()
-    ptr = net.a.weight.data_ptr()
-    alias = net.a.weight.data  # e.g. a ComfyUI module holding the tensor
+    held = net.a.weight  # e.g. a ComfyUI module holding the Parameter
     patch = lora_patch(16, 24, 4)
     MergePatcher(net.state_dict(keep_vars=True)).apply(
         build_plan([(report(ResolvedPatch(patch, "a.weight")), 1.0, None)]))
-    assert net.a.weight.data_ptr() == ptr
-    assert torch.equal(alias, net.a.weight.detach())
+    assert net.a.weight is held
+    assert torch.equal(held.detach(), net.state_dict()["a.weight"])
 
 
 # ---------------------------------------------------------------- restore and incremental

@@ -88,6 +88,8 @@ files_strategy = st.lists(
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(DTYPES), files=files_strategy, data=st.data())
 def test_incremental_equals_fresh_and_restore_is_exact(dtype, files, data):
+    # params as Parameters: merges swap in new storage (W₀'s storage is the backup);
+    # as state_dict() views: written in place behind copied backups.  Both must agree.
     reports = [CoverageReport(file=f"f{i}.safetensors",
                               matched=tuple(make_patch(k, t, r, s) for k, t, r, s in patches), unmatched=())
                for i, patches in enumerate(files)]
@@ -96,15 +98,15 @@ def test_incremental_equals_fresh_and_restore_is_exact(dtype, files, data):
     block = data.draw(st.sampled_from([16, 40, 100, 1 << 19]), label="block elements")
     saved_block, patcher_module.BLOCK_ELEMENTS = patcher_module.BLOCK_ELEMENTS, block
     try:
-        _run_states(dtype, reports, n_states, data)
+        _run_states(dtype, reports, n_states, data, data.draw(st.booleans(), label="views"))
     finally:
         patcher_module.BLOCK_ELEMENTS = saved_block
 
 
-def _run_states(dtype, reports, n_states, data):
+def _run_states(dtype, reports, n_states, data, views=False):
     net = Net(dtype)
     original = snapshot(net)
-    patcher = MergePatcher(dict(net.named_parameters()))
+    patcher = MergePatcher(net.state_dict() if views else dict(net.named_parameters()))
     for _ in range(n_states):
         strengths = data.draw(st.lists(STRENGTHS, min_size=len(reports), max_size=len(reports)), label="strengths")
         muted = data.draw(st.sampled_from([None, "a.", "qkv.", "conv."]), label="muted block")

@@ -1,0 +1,95 @@
+"""merge / resize round trips on real files: the merged file loads back as the sum of its parts."""
+import pytest
+import torch
+
+from fixtures.lora_files import diffusers_unet_lora, lycoris_kohya  # noqa: F401  (session fixtures)
+from fixtures.lycoris_files import kohya_file
+from lora_core.tools.merge import Source, merge
+from lora_core.tools.resize import resize
+from lora_core.tools.writer import write_lora
+from fixtures.tool_outputs import loaded_deltas, unet_params, worst_rel
+
+
+@pytest.fixture(scope="module")
+def params():
+    return unet_params()
+
+
+def _write(result, folder, name):
+    path = str(folder / name)
+    write_lora(result.tensors, path, metadata=result.metadata)
+    return path
+
+
+def _golden_by_param(golden, to_path):
+    return {to_path(name) + ".weight": d for name, d in golden.delta.items()}
+
+
+def test_exact_merge_of_two_namings_is_the_sum(lycoris_kohya, diffusers_unet_lora, params, tmp_path):
+    """kohya LoCon (fp16) at 0.7 + diffusers PEFT LoRA at −0.4, matched through the model: exact."""
+    paths = lycoris_kohya.extra["module_paths"]
+    ref = {k: 0.7 * v.float() for k, v in _golden_by_param(lycoris_kohya, paths.get).items()}
+    for k, v in _golden_by_param(diffusers_unet_lora, lambda n: n[len("unet."):]).items():
+        ref[k] = ref.get(k, 0) - 0.4 * v
+    result = merge([Source(lycoris_kohya.path, 0.7), Source(diffusers_unet_lora.path, -0.4)], model=params)
+    assert set(result.summary()["methods"]) == {"concat"}
+    assert result.summary()["rel_error"]["max"] == 0.0
+    out = _write(result, tmp_path, "merged.safetensors")
+    assert worst_rel(loaded_deltas([(out, 1.0)], params), ref) <= 1e-5
+    # ranks add up where both files adapt a module
+    assert max(result.summary()["ranks"]) == 8
+
+
+def test_exact_merge_without_model_same_naming(lycoris_kohya, params, tmp_path):
+    result = merge([Source(lycoris_kohya.path, 0.5), Source(lycoris_kohya.path, 0.25)])
+    out = _write(result, tmp_path, "twice.safetensors")
+    ref = loaded_deltas([(lycoris_kohya.path, 0.75)], params)
+    assert worst_rel(loaded_deltas([(out, 1.0)], params), ref) <= 1e-5
+    assert all(k.startswith("lora_unet_") for k in result.tensors)
+
+
+def test_svd_merge_error_is_reported_true_and_falls_with_rank(lycoris_kohya, diffusers_unet_lora, params, tmp_path):
+    sources = [Source(lycoris_kohya.path, 1.0), Source(diffusers_unet_lora.path, 1.0)]
+    exact = loaded_deltas([(s.path, s.strength) for s in sources], params)
+    worst = []
+    for rank in (1, 3, 6):
+        result = merge(sources, model=params, rank=rank)
+        out = _write(result, tmp_path, f"r{rank}.safetensors")
+        got = loaded_deltas([(out, 1.0)], params)
+        by_name = {l.name: l for l in result.layers}
+        for layer in result.layers[:10]:  # the reported error is the measured one
+            key = next(k for k in exact if k.replace("_", ".").startswith(layer.name[len("lora.unet."):].replace("_", ".")))
+            measured = float((got[key] - exact[key]).norm() / exact[key].norm())
+            assert measured == pytest.approx(layer.rel_error, abs=2e-3), layer.name
+        assert all(l.rank <= rank for l in by_name.values())
+        worst.append(result.summary()["rel_error"]["mean"])
+    assert worst[0] > worst[1] > worst[2]
+
+
+def test_non_lora_kinds_go_dense_and_say_so(params, tmp_path):
+    locon = kohya_file("lora", str(tmp_path))
+    loha = kohya_file("loha", str(tmp_path))
+    result = merge([Source(locon.path, 0.6), Source(loha.path, 0.3)], model=params)
+    assert "dense-svd" in result.summary()["methods"]
+    assert any("loha" in n for n in result.notes)
+    out = _write(result, tmp_path, "mixed.safetensors")
+    ref = loaded_deltas([(locon.path, 0.6), (loha.path, 0.3)], params)
+    assert worst_rel(loaded_deltas([(out, 1.0)], params), ref) <= 1e-4
+
+
+def test_resize_error_falls_with_rank_and_energy_rule(lycoris_kohya, params, tmp_path):
+    exact = loaded_deltas([(lycoris_kohya.path, 1.0)], params)
+    means = []
+    for rank in (1, 2, 3):
+        result = resize(lycoris_kohya.path, rank=rank, dtype=torch.float32)
+        out = _write(result, tmp_path, f"resized{rank}.safetensors")
+        got = loaded_deltas([(out, 1.0)], params)
+        measured = max(float((got[k] - v).norm() / v.norm()) for k, v in exact.items())
+        assert measured == pytest.approx(result.summary()["rel_error"]["max"], abs=2e-3)
+        means.append(result.summary()["rel_error"]["mean"])
+    assert means[0] > means[1] > means[2]
+    full = resize(lycoris_kohya.path, rank=4, dtype=torch.float32)
+    assert full.summary()["rel_error"]["max"] < 1e-3  # rank 4 is the file's own rank
+    kept = resize(lycoris_kohya.path, energy=0.9)
+    assert all(l.energy >= 0.9 - 1e-9 for l in kept.layers)
+    assert kept.summary()["energy_min"] < 1.0

@@ -152,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     # LoRA tools (merge, resize, extract, convert): parsers and code in lora_core/tools/cli.py
     from .tools.cli import add_parsers as add_tool_parsers
     add_tool_parsers(sub)
+    # render (batch rendering on ComfyUI servers): parser and code in lora_core/render/cli.py
+    from .render.cli import add_render_parser
+    add_render_parser(sub)
     return p
 
 
@@ -159,6 +162,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import api
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "render":  # lora_core/render/cli.py
+            return args.handler(args)
         from .tools import cli as tools_cli
         if args.command in tools_cli.COMMANDS:
             return tools_cli.run(args, lambda label: ProgressBar(label, True))

@@ -394,6 +394,80 @@ def png_bytes(image: Tensor, use_pillow: bool = True) -> bytes:
             + chunk(b"IDAT", zlib.compress(bytes(raw), 9)) + chunk(b"IEND", b""))
 
 
+def read_png(data: bytes, use_pillow: bool = True) -> Tensor:
+    """An image file's pixels as (H, W, 3) float [0, 1]: Pillow for any format, else 8-bit PNG via zlib."""
+    if use_pillow:
+        try:
+            from PIL import Image
+        except ImportError:
+            use_pillow = False
+    if use_pillow:
+        import io
+        try:
+            img = Image.open(io.BytesIO(data))
+            img.load()
+        except Exception as e:  # Pillow raises many types for bad bytes
+            raise ShapeMismatchError(f"cannot decode the image ({str(e)[:120]})") from None
+        img = img.convert("RGB")
+        flat = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        return flat.view(img.height, img.width, 3).float() / 255.0
+    return _read_png_zlib(data)
+
+
+def _read_png_zlib(data: bytes) -> Tensor:
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ShapeMismatchError("not a PNG file (and Pillow, which reads other formats, is not installed)")
+    pos, idat, ihdr = 8, bytearray(), None
+    while pos + 8 <= len(data):
+        n = struct.unpack(">I", data[pos:pos + 4])[0]
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBBBBB", data[pos + 8:pos + 21])
+        elif kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + n]
+        elif kind == b"IEND":
+            break
+        pos += 12 + n
+    if ihdr is None:
+        raise ShapeMismatchError("PNG without an IHDR chunk")
+    w, h, depth, ctype, _, _, interlace = ihdr
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(ctype)
+    if depth != 8 or channels is None or interlace:
+        raise ShapeMismatchError(f"PNG of bit depth {depth}, colour type {ctype}, interlace {interlace} needs Pillow")
+    try:
+        raw = zlib.decompress(bytes(idat))
+    except zlib.error as e:
+        raise ShapeMismatchError(f"corrupt PNG data ({e})") from None
+    stride = w * channels
+    if len(raw) < h * (stride + 1):
+        raise ShapeMismatchError("truncated PNG data")
+    out = bytearray(h * stride)
+    prev = bytearray(stride)
+    for y in range(h):
+        ftype = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for x in range(stride):  # the five PNG filters, undone per byte
+            a = line[x - channels] if x >= channels else 0
+            b = prev[x]
+            if ftype == 1:
+                line[x] = (line[x] + a) & 255
+            elif ftype == 2:
+                line[x] = (line[x] + b) & 255
+            elif ftype == 3:
+                line[x] = (line[x] + ((a + b) >> 1)) & 255
+            elif ftype == 4:
+                c = prev[x - channels] if x >= channels else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        out[y * stride:(y + 1) * stride] = line
+        prev = line
+    img = torch.frombuffer(out, dtype=torch.uint8).view(h, w, channels).float() / 255.0
+    if channels in (1, 2):
+        img = img[..., :1].expand(h, w, 3)
+    return img[..., :3].contiguous()
+
+
 def write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -417,4 +491,4 @@ def write_png(path: str, image: Tensor, use_pillow: bool = True) -> None:
 
 
 __all__ = ["GridLayout", "TextRenderer", "grid_image", "grid_video", "split_batch", "png_bytes",
-           "write_png", "write_atomic", "find_system_font"]
+           "write_png", "write_atomic", "read_png", "find_system_font"]

@@ -5,11 +5,11 @@ Every node module imports from here (never from another node module), so
 """
 from __future__ import annotations
 
-import re
-from typing import Any, Optional
+from typing import Optional
 
 from ..lora_core.errors import StackError
 from ..lora_core.stack import LoraStack, StackEntry, parse_rows
+from ..lora_core.tags import parse_prompt_tags
 
 CATEGORY = "loaders/LoRA Patchbay"
 IC_CATEGORY = "conditioning/LoRA Patchbay"
@@ -24,7 +24,6 @@ MODE_TOOLTIP = ("merge: add the LoRA into the weights (fastest sampling). bypass
 STRENGTH_LIMIT = 4.0
 
 LORA_EXTENSIONS = (".safetensors", ".pt", ".ckpt", ".bin", ".pth")
-LORA_TAG = re.compile(r"<lora:([^:>]+):([^:>]+)(?::([^:>]+))?>", re.IGNORECASE)
 ROWS_EXAMPLE = '[{"on": true, "lora": "example.safetensors", "strength": 1.0, "strength_clip": 1.0}]'
 
 
@@ -62,13 +61,9 @@ def parse_stack_text(text: str) -> LoraStack:
     stripped = (text or "").strip()
     if not stripped or stripped[0] in "[{":
         return parse_rows(stripped)
-    rows = []
-    for m in LORA_TAG.finditer(stripped):
-        name, s, c = m.group(1).strip(), m.group(2), m.group(3)
-        row: dict[str, Any] = {"on": True, "lora": name, "strength": s}
-        if c is not None:
-            row["strength_clip"] = c
-        rows.append(row)
+    tags = parse_prompt_tags(stripped)  # the pack's one tag parser
+    tags.raise_problems()
+    rows = [t.as_row() for t in tags.rows]
     if not rows:
         raise StackError("stack rows are neither JSON rows nor <lora:name:strength> tags",
                          fix=f"write rows as {ROWS_EXAMPLE}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from typing import Optional
 
 from ..errors import RenderError, SweepError
@@ -102,11 +101,6 @@ def run_render(args, runner_factory=None) -> int:
             print(f"contact sheet: {sheet}")
         print(f"index: {os.path.join(args.out, 'index.html')}")
     return 0
-
-
-def main(argv: Optional[list] = None) -> int:  # pragma: no cover - `python -m lora_core render` is the entry
-    from ..__main__ import main as cli_main
-    return cli_main(["render", *(argv if argv is not None else sys.argv[1:])])
 
 
 __all__ = ["add_render_parser", "run_render"]

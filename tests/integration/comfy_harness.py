@@ -7,8 +7,12 @@ Used by tests/integration/conftest.py; usable on its own too::
     with ComfyServer(inst) as srv:
         print(srv.client.object_info("LoraLoader"))
 
-Nothing here imports ComfyUI: the server runs with the same interpreter as the
-caller (``sys.executable``) in its own process, from its own install dir, with
+Nothing here imports ComfyUI: the server runs in its own process with the
+install's own Python (see ``python_candidates``: ``$COMFYUI_PYTHON``, a venv
+inside the tree, a portable install's ``python_embeded``, else the caller's
+``sys.executable``), chosen once per session by a cheap probe of ComfyUI's
+requirements (``find_installs``); an install no Python can start is skipped
+with one line saying what is missing.  It runs from its own install dir, with
 ``--base-directory`` pointing at a throw-away tree whose ``custom_nodes``
 holds a symlink to this repository (the pack) and a small helper pack
 (``patchbay_test_helpers``, see HELPER_NODES_SOURCE) with test-only nodes.
@@ -54,6 +58,7 @@ MODEL_FOLDERS = ("loras", "diffusion_models", "unet", "checkpoints", "text_encod
 class ComfyInstall:
     path: Path
     version: str
+    python: str = sys.executable  # the interpreter that starts this ComfyUI
 
     @property
     def version_tuple(self) -> Tuple[int, ...]:
@@ -90,6 +95,27 @@ def _is_comfy(d: Path) -> bool:
 
 
 def discover_installs(env: Optional[dict] = None) -> List[ComfyInstall]:
+    """The usable installs of ``find_installs`` (each with the Python that starts it)."""
+    return find_installs(env)[0]
+
+
+def find_installs(env: Optional[dict] = None) -> Tuple[List[ComfyInstall], List["UnusableInstall"]]:
+    """Installs found (see ``found_installs``), split into those a Python can
+    start and those it cannot (with the reason); probed once per process."""
+    usable: List[ComfyInstall] = []
+    unusable: List[UnusableInstall] = []
+    env = os.environ if env is None else env
+    for inst in found_installs(env):
+        python, missing = choose_python(inst.path, env)
+        if missing is None:
+            usable.append(ComfyInstall(path=inst.path, version=inst.version, python=python))
+        else:
+            unusable.append(UnusableInstall(path=inst.path, version=inst.version, python=python,
+                                            missing=missing))
+    return usable, unusable
+
+
+def found_installs(env: Optional[dict] = None) -> List[ComfyInstall]:
     """COMFYUI_DIR (os.pathsep-separated) if set, else ~/ComfyUI + ~/ComfyUI-v* siblings."""
     env = os.environ if env is None else env
     cands: List[Path] = []
@@ -118,6 +144,138 @@ def discover_installs(env: Optional[dict] = None) -> List[ComfyInstall]:
         seen_ids.add(ident)
         out.append(ComfyInstall(path=c, version=ident))
     return out
+
+
+# --------------------------------------------------------------------------
+# which Python starts an install
+# --------------------------------------------------------------------------
+
+PYTHON_ENV = "COMFYUI_PYTHON"
+# Requirements ComfyUI imports only in nodes that need them (audio), so a server
+# starts and our tests run without them.
+STARTUP_OPTIONAL = frozenset({"torchaudio"})
+# pip names whose import name is not the name with '-'/'.' as '_'
+IMPORT_NAMES = {"pyyaml": "yaml", "pillow": "PIL"}
+
+# Run by the candidate Python: prints the requirement names it lacks (a
+# distribution or, for odd packaging, an importable module counts).  It looks
+# packages up without importing them, so it takes well under a second.
+PROBE_SOURCE = r"""
+import importlib.metadata as md, importlib.util, json, re, sys
+names, aliases = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+missing = []
+for name in names:
+    try:
+        md.distribution(name)
+        continue
+    except Exception:
+        pass
+    low = name.lower()
+    if importlib.util.find_spec(aliases.get(low, re.sub(r"[-.]", "_", low))) is None:
+        missing.append(name)
+print("PATCHBAY-PROBE " + json.dumps(missing))
+"""
+
+
+@dataclass(frozen=True)
+class UnusableInstall:
+    """A ComfyUI found on disk that no candidate Python can start."""
+    path: Path
+    version: str
+    python: str
+    missing: Tuple[str, ...]  # requirement names, or ("a working Python",) when it did not run
+
+
+def startup_requirements(comfy_dir: os.PathLike) -> List[str]:
+    """Requirement names above requirements.txt's "non essential" line, minus STARTUP_OPTIONAL."""
+    try:
+        text = (Path(comfy_dir) / "requirements.txt").read_text()
+    except OSError:
+        return []
+    names = []
+    for line in text.splitlines():
+        if re.match(r"\s*#.*non[ -]essential", line, re.I):
+            break
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line.split("#", 1)[0])
+        if m and m.group(1).lower() not in STARTUP_OPTIONAL:
+            names.append(m.group(1))
+    return names
+
+
+def python_candidates(comfy_dir: os.PathLike, env: Optional[dict] = None) -> List[str]:
+    """``$COMFYUI_PYTHON`` alone when set (a user's explicit choice is never
+    second-guessed); else a venv inside the tree, a portable install's embedded
+    Python beside it, then the caller's own interpreter."""
+    env = os.environ if env is None else env
+    explicit = env.get(PYTHON_ENV, "").strip()
+    if explicit:
+        return [str(Path(explicit).expanduser())]
+    d = Path(comfy_dir)
+    own = [d / v / sub for v in (".venv", "venv") for sub in ("bin/python", "Scripts/python.exe")]
+    own += [root / "python_embeded" / exe for root in (d.parent, d) for exe in ("python.exe", "python")]
+    return [str(p) for p in own if p.is_file()] + [sys.executable]
+
+
+_PROBE_CACHE: Dict[Tuple[str, Tuple[str, ...]], Optional[Tuple[str, ...]]] = {}
+
+
+def probe_python(python: str, requirements: Sequence[str]) -> Tuple[str, ...]:
+    """The requirements ``python`` lacks (empty: it can start ComfyUI); cached."""
+    key = (python, tuple(requirements))
+    if key not in _PROBE_CACHE:
+        try:
+            proc = subprocess.run([python, "-c", PROBE_SOURCE, json.dumps(list(requirements)),
+                                   json.dumps(IMPORT_NAMES)], capture_output=True, text=True,
+                                  timeout=120, stdin=subprocess.DEVNULL)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("PATCHBAY-PROBE ")), None)
+            found = tuple(json.loads(line.split(" ", 1)[1])) if line else ("a working Python",)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            found = ("a working Python",)
+        _PROBE_CACHE[key] = found
+    return _PROBE_CACHE[key]
+
+
+def choose_python(comfy_dir: os.PathLike, env: Optional[dict] = None) -> Tuple[str, Optional[Tuple[str, ...]]]:
+    """``(python, None)`` for the first candidate that can start the install,
+    else ``(first candidate, what it lacks)``."""
+    reqs = startup_requirements(comfy_dir)
+    cands = python_candidates(comfy_dir, env)
+    first_missing = None
+    for py in cands:
+        missing = probe_python(py, reqs)
+        if not missing:
+            return py, None
+        first_missing = missing if first_missing is None else first_missing
+    return cands[0], first_missing
+
+
+def python_for(comfy_dir: os.PathLike, env: Optional[dict] = None) -> str:
+    """The Python to run ComfyUI code from ``comfy_dir`` with (child processes of tests)."""
+    return choose_python(comfy_dir, env)[0]
+
+
+def _home(p: os.PathLike) -> str:
+    text, home = str(p), str(Path.home())
+    return "~" + text[len(home):] if text.startswith(home + os.sep) else text
+
+
+def unusable_line(unusable: Sequence[UnusableInstall]) -> str:
+    """One line: which installs cannot start with which Python, what it lacks, the fix."""
+    by_python: Dict[str, List[UnusableInstall]] = {}
+    for u in unusable:
+        by_python.setdefault(u.python, []).append(u)
+    parts = []
+    for python, group in by_python.items():
+        where = " and ".join(f"{u.version} ({_home(u.path)})" for u in group)
+        missing = group[0].missing
+        if missing == ("a working Python",):
+            parts.append(f"ComfyUI {where} cannot start: {_home(python)} does not run")
+            continue
+        lacks = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        parts.append(f"ComfyUI {where} cannot start with {_home(python)}, which lacks {lacks}; install "
+                     f"them with `{_home(python)} -m pip install -r {_home(group[0].path / 'requirements.txt')}`")
+    return (f"integration tests skipped: {'; '.join(parts)} (or set {PYTHON_ENV} to a Python that has "
+            "ComfyUI's requirements)")
 
 
 _FLAG_CACHE: Dict[Path, frozenset] = {}
@@ -647,7 +805,7 @@ class ComfyServer:
     # process --------------------------------------------------------------------
     def command(self) -> List[str]:
         flags = self.install.cli_flags()
-        cmd = [sys.executable, "-u", "main.py", "--cpu",
+        cmd = [self.install.python, "-u", "main.py", "--cpu",
                "--base-directory", str(self.base_dir),
                "--listen", "127.0.0.1", "--port", str(self.port)]
         optional = [

@@ -6,6 +6,14 @@ parametrized over them through the session fixture ``comfy`` (ids
 ``comfy-<version>``, e.g. ``comfy-0.3.64``).  With none found every test here
 skips with one reason: "no ComfyUI found: set COMFYUI_DIR ...".
 
+Each found install runs with its own Python: $COMFYUI_PYTHON, else a venv in
+its tree (.venv / venv), a portable install's python_embeded, else the Python
+running pytest; the first whose packages cover ComfyUI's requirements wins
+(probed once per session in a subprocess, well under a second).  An install
+no Python can start is left out, and the session ends with one line naming
+what is missing and the pip command that installs it; when no install is
+usable every test here skips with that line as its reason.
+
 Fixtures (all session-scoped; one server per ComfyUI version, started lazily,
 torn down when pytest moves on to the next version):
 
@@ -39,13 +47,14 @@ if str(_HERE) not in sys.path:
 import comfy_harness as ch  # noqa: E402
 import tiny_models as tm  # noqa: E402
 
-INSTALLS = ch.discover_installs()
+INSTALLS, UNUSABLE = ch.find_installs()
+SKIP_REASON = ch.unusable_line(UNUSABLE) if UNUSABLE else ch.NO_COMFY_REASON
 
 
 def pytest_collection_modifyitems(config, items):
     if INSTALLS:
         return
-    skip = pytest.mark.skip(reason=ch.NO_COMFY_REASON)
+    skip = pytest.mark.skip(reason=SKIP_REASON)
     for item in items:
         if Path(str(item.fspath)).resolve().is_relative_to(_HERE):
             item.add_marker(skip)
@@ -56,8 +65,14 @@ def pytest_collection_modifyitems(config, items):
                 ids=[i.id for i in INSTALLS] or ["no-comfyui"])
 def comfy_install(request):
     if request.param is None:
-        pytest.skip(ch.NO_COMFY_REASON)
+        pytest.skip(SKIP_REASON)
     return request.param
+
+
+def pytest_terminal_summary(terminalreporter):
+    # Shown even with -q: a found ComfyUI that cannot start is a setup step, not an error.
+    if UNUSABLE:
+        terminalreporter.write_line(SKIP_REASON)
 
 
 @pytest.fixture(scope="session")

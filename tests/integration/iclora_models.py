@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +54,8 @@ save_file(sd, out, metadata={"config": json.dumps({"vae": cfg})})
 def build_ltxv_checkpoint(comfy_dir: os.PathLike, out: os.PathLike) -> Path:
     out = Path(out)
     if not out.exists():
-        subprocess.run([sys.executable, "-c", _SCRIPT, str(comfy_dir), str(out), str(HERE),
+        from comfy_harness import python_for  # the Python that runs this ComfyUI
+        subprocess.run([python_for(comfy_dir), "-c", _SCRIPT, str(comfy_dir), str(out), str(HERE),
                         json.dumps(VAE_CONFIG)], check=True, cwd=str(comfy_dir), capture_output=True,
                        timeout=600)
     return out

@@ -4,11 +4,9 @@ Each ComfyUI version runs ``iclora_driver.py`` once in its own process (the
 ``comfy`` package of two versions cannot share an interpreter); every check
 of the driver is reported here as its own test.
 """
-import glob
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,10 +25,9 @@ CHECKS = [
 
 
 def comfy_dirs():
-    env = os.environ.get("COMFYUI_DIR")
-    cands = env.split(":") if env else [os.path.expanduser("~/ComfyUI")] + sorted(
-        glob.glob(os.path.expanduser("~/ComfyUI-v*")))
-    return [d for d in cands if d and os.path.isfile(os.path.join(d, "main.py"))]
+    # conftest.py's discovery: only installs a Python can start (see comfy_harness.find_installs)
+    import comfy_harness
+    return [str(i.path) for i in comfy_harness.discover_installs()]
 
 
 DIRS = comfy_dirs()
@@ -40,7 +37,8 @@ _cache: dict[str, dict] = {}
 def run_driver(comfy_dir, tmp_path_factory):
     if comfy_dir not in _cache:
         out = tmp_path_factory.mktemp("iclora") / "results.json"
-        proc = subprocess.run([sys.executable, str(HERE / "iclora_driver.py"), comfy_dir, str(out)],
+        import comfy_harness
+        proc = subprocess.run([comfy_harness.python_for(comfy_dir), str(HERE / "iclora_driver.py"), comfy_dir, str(out)],
                               capture_output=True, text=True, timeout=1200)
         if proc.returncode != 0 or not out.exists():
             _cache[comfy_dir] = {"error": proc.stderr[-4000:]}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable, Mapping, Optional
 
+import torch
+
 import comfy.patcher_extension
 
 from ...lora_core.bypass import install_bypass, module_kind
@@ -33,7 +35,8 @@ class _BypassInjection(comfy.patcher_extension.PatcherInjection):
         root = patcher.model
         if id(root) in self.handles:
             return
-        self.handles[id(root)] = install_bypass(root, self.plan, strengths=self.strengths)
+        self.handles[id(root)] = install_bypass(root, self.plan, strengths=self.strengths,
+                                                originals=_originals(patcher, self.plan))
 
     def _eject(self, patcher) -> None:
         handle = self.handles.pop(id(patcher.model), None)
@@ -44,6 +47,32 @@ class _BypassInjection(comfy.patcher_extension.PatcherInjection):
         self.strengths[entry] = float(value)
         for handle in self.handles.values():
             handle.set_strength(entry, value)
+
+
+def _originals(patcher, plan: Mapping[str, tuple[Contribution, ...]]) -> dict:
+    """W₀/b₀ of the plan's modules whose live tensors hold merged rows (any patch on the key).
+
+    ComfyUI injects after it has patched the weights, so a side path computed
+    from the live weight would stack on the merged rows.  The original is the
+    patcher's backup, or, when the patch runs per forward (lowvram's
+    LowVramPatch), the module's own tensor, which is then unpatched.
+    """
+    out = {}
+    prefixes = {key.rpartition(".")[0] for key in plan}
+    backup = getattr(patcher, "backup", {}) or {}
+    for prefix in prefixes:
+        for key in (f"{prefix}.weight", f"{prefix}.bias") if prefix else ("weight", "bias"):
+            if not patcher.patches.get(key):
+                continue
+            saved = backup.get(key)
+            if saved is not None:
+                out[key] = saved.weight
+                continue
+            module, leaf = module_at(patcher.model, key)
+            tensor = getattr(module, leaf, None) if module is not None else None
+            if isinstance(tensor, torch.Tensor):
+                out[key] = tensor
+    return out
 
 
 def _bypass_key(plan: Mapping[str, tuple[Contribution, ...]], strengths: Mapping[int, float]) -> str:

@@ -11,7 +11,7 @@ import logging
 
 log = logging.getLogger("lora-patchbay")
 
-CORE_MODULES = ("loaders", "stack")
+CORE_MODULES = ("loaders", "stack", "stack_loader")
 OPTIONAL_MODULES = ("iclora", "blocks", "info", "schedule")
 
 NODE_CLASS_MAPPINGS: dict = {}
@@ -45,5 +45,11 @@ for _name in OPTIONAL_MODULES:
         log.exception("[LoRA Patchbay] optional node module %r failed to import; its nodes are missing", _name)
         continue
     _merge(_module)
+
+# The /patchbay/... routes the web editor reads; nothing happens without a running server.
+try:
+    importlib.import_module(".routes", __name__).register()
+except Exception:  # the nodes work without their routes; the editor then shows raw JSON
+    log.exception("[LoRA Patchbay] the /patchbay routes could not be registered")
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "FAILED_MODULES"]

@@ -37,6 +37,8 @@ class Applied:
     names: tuple[tuple[str, float, float], ...] = ()   # (LoRA name, model strength, clip strength) per row
     trigger_words: tuple[str, ...] = ()
     model_mode: Optional[str] = None                    # "merge" or "bypass" when the model was patched
+    # (row index in the stack, "model" | "clip", coverage) per file and part, for the coverage route
+    reports: tuple[tuple[int, str, CoverageReport], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,4 +166,7 @@ def apply_stack(model, clip, stack: LoraStack, mode: str = "merge") -> Applied:
         out_clip = _apply_clip(clip, clip_rows, clip_reports)
     names = tuple((r.entry.lora, r.entry.strength_model if want_model else 0.0,
                    r.entry.strength_clip if want_clip else 0.0) for r in rows)
-    return Applied(out_model, out_clip, names, _trigger_words(rows), model_mode)
+    reports = tuple((r.index, part, rep) for part, part_rows, part_reports in
+                    (("model", model_rows, model_reports), ("clip", clip_rows, clip_reports))
+                    for r, rep in zip(part_rows, part_reports))
+    return Applied(out_model, out_clip, names, _trigger_words(rows), model_mode, reports)

@@ -20,6 +20,8 @@ from ..lora_core.api import FILE_CACHE, open_lora
 from ..lora_core.errors import StackError
 from ..lora_core.io import hash_file
 from ..lora_core.ir import CoverageReport, LoraFile
+from ..lora_core.stack import LoraStack, StackEntry
+from .common import parse_stack_text
 
 log = logging.getLogger("lora-patchbay")
 
@@ -124,28 +126,38 @@ def _by_hash(wanted: str, name: str, names: list[str]) -> Optional[str]:
     return None
 
 
+def locate_name(name: str, file_hash: Optional[str] = None) -> tuple[Optional[str], Optional[str]]:
+    """(listed name, how it was found) for a safe ``name``: ``"exact"``; ``"hash"``,
+    a file whose content hash matches (renamed); ``"basename"``, a unique file
+    with the same base name in another subfolder (moved); or ``(None, None)``."""
+    if _full_path(name):
+        return name, "exact"
+    names = lora_names()
+    if file_hash:
+        found = _by_hash(file_hash, name, names)
+        if found:
+            return found, "hash"
+    found = _by_basename(name, names)
+    return (found, "basename") if found else (None, None)
+
+
 def resolve_name(name: str, file_hash: Optional[str] = None, *, index: Optional[int] = None) -> str:
     """The listed name that ``name`` (and optionally its content hash) refers to.
 
-    Order: the exact name; a unique file with the same base name in another
-    subfolder (moved); a file whose content hash matches (renamed).  Raises
-    :class:`StackError` naming the row.
+    Order (:func:`locate_name`): the exact name; a file whose content hash
+    matches (renamed); a unique file with the same base name in another
+    subfolder (moved).  Raises :class:`StackError` naming the row.
     """
     row = f"row {index + 1}: " if index is not None else ""
     reason = unsafe_name_reason(name)
     if reason:
         raise StackError(f"{row}{reason}: {name!r}", fix="pick the LoRA from the list")
-    if _full_path(name):
+    found, by = locate_name(name, file_hash)
+    if by == "exact":
         return name
-    names = lora_names()
-    if file_hash:
-        found = _by_hash(file_hash, name, names)
-        if found:
-            log.info("[LoRA Patchbay] %r not found; using %r (same content hash)", name, found)
-            return found
-    found = _by_basename(name, names)
     if found:
-        log.info("[LoRA Patchbay] %r not found; using %r (same file name)", name, found)
+        why = "same content hash" if by == "hash" else "same file name"
+        log.info("[LoRA Patchbay] %r not found; using %r (%s)", name, found, why)
         return found
     hint = " and no file in the loras folder has its hash" if file_hash else ""
     raise StackError(f"{row}LoRA {name!r} is not in the loras folder{hint}",
@@ -168,6 +180,37 @@ def validation_error(name: str, file_hash: Optional[str] = None, index: Optional
     except StackError as e:
         return str(e)
     return None
+
+
+def stack_errors(stack: LoraStack) -> list[str]:
+    """Queue-time messages for the enabled rows whose LoRA cannot be found."""
+    errs = []
+    for i, e in enumerate(stack.entries):
+        if not e.enabled:
+            continue
+        err = validation_error(e.lora, e.file_hash, index=i)
+        if err:
+            errs.append(err)
+    return errs
+
+
+def validate_rows(rows: Optional[str]):
+    """``VALIDATE_INPUTS`` of a ``rows`` widget: True, or every problem in one message."""
+    if rows is None:  # linked from another node: checked when it runs
+        return True
+    try:
+        stack = parse_stack_text(rows)
+    except StackError as e:
+        return str(e)
+    errs = stack_errors(stack)
+    return True if not errs else "; ".join(errs)
+
+
+def is_missing(entry: StackEntry) -> bool:
+    """True when a row's LoRA is in no loras folder (by name, hash or base name)."""
+    if unsafe_name_reason(entry.lora):
+        return True
+    return locate_name(entry.lora, entry.file_hash)[0] is None
 
 
 # ----------------------------------------------------------------- parsing

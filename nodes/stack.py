@@ -8,23 +8,11 @@ plainly and 30 rows never become hundreds of widgets.  A1111 tags
 """
 from __future__ import annotations
 
-from ..lora_core.errors import StackError
-from ..lora_core.stack import LoraStack
 from . import files
 from .apply import apply_stack
 from .common import CATEGORY, MODE_TOOLTIP, MODES, ROWS_EXAMPLE, as_stack, lora_tag, parse_stack_text
+from .coverage import record_run, stack_summary, ui_result
 from .ic_params import stack_ic_lora
-
-
-def stack_errors(stack: LoraStack) -> list[str]:
-    errs = []
-    for i, e in enumerate(stack.entries):
-        if not e.enabled:
-            continue
-        err = files.validation_error(e.lora, e.file_hash, index=i)
-        if err:
-            errs.append(err)
-    return errs
 
 
 class PatchbayLoraStack:
@@ -53,17 +41,12 @@ class PatchbayLoraStack:
 
     @classmethod
     def VALIDATE_INPUTS(cls, rows=None):
-        if rows is None:  # linked from another node: checked when it runs
-            return True
-        try:
-            stack = parse_stack_text(rows)
-        except StackError as e:
-            return str(e)
-        errs = stack_errors(stack)
-        return True if not errs else "; ".join(errs)
+        return files.validate_rows(rows)
 
     def build(self, rows, stack=None):
-        return (as_stack(stack) + parse_stack_text(rows),)
+        own = parse_stack_text(rows)
+        missing = sum(1 for e in own.entries if files.is_missing(e))
+        return ui_result(stack_summary(own, (), missing), (as_stack(stack) + own,))
 
 
 class PatchbayApplyLoraStack:
@@ -98,7 +81,8 @@ class PatchbayApplyLoraStack:
         stack = as_stack(stack)
         applied = apply_stack(model, clip, stack, mode)
         text = " ".join(lora_tag(n, s, c if clip is not None else None) for n, s, c in applied.names)
-        return (applied.model, applied.clip, text, ", ".join(applied.trigger_words), stack_ic_lora(stack))
+        return ui_result(record_run(stack, applied.reports),
+                         (applied.model, applied.clip, text, ", ".join(applied.trigger_words), stack_ic_lora(stack)))
 
 
 NODE_CLASS_MAPPINGS = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -148,23 +147,26 @@ with torch.no_grad():
 out["bypass_live_strength_zero"] = (y0 - yref).abs().max().item()
 # stack node: A1111 tags, community (name, model, clip) tuple lists, text outputs
 Stack = pack.NODE_CLASS_MAPPINGS["PatchbayLoraStack"]; Apply = pack.NODE_CLASS_MAPPINGS["PatchbayApplyLoraStack"]
-st, = Stack().build("<lora:a:0.7> <lora:b:-0.4:0.2>")
+# the stack nodes return {"ui": {"patchbay_summary": [...]}, "result": (...)}
+build = lambda rows: Stack().build(rows)["result"]
+apply = lambda *a: Apply().apply(*a)["result"]
+st, = build("<lora:a:0.7> <lora:b:-0.4:0.2>")
 out["tag_rows"] = [[e.lora, e.strength_model, e.strength_clip] for e in st.entries]
-ms, cs, text, words, _ = Apply().apply(base, st, "merge")
+ms, cs, text, words, _ = apply(base, st, "merge")
 wst = weights(ms)
 out["tags_equal_chain"] = all(torch.equal(wst[k], wa[k]) for k in wa)
 out["tags_text"] = text
-mt, _, text2, _, _ = Apply().apply(base, [("a.safetensors", 0.7, 1.0), ("b.safetensors", -0.4, 1.0)], "merge")
+mt, _, text2, _, _ = apply(base, [("a.safetensors", 0.7, 1.0), ("b.safetensors", -0.4, 1.0)], "merge")
 wt = weights(mt)
 out["tuples_equal_chain"] = all(torch.equal(wt[k], wa[k]) for k in wa)
-out["empty_stack_is_input"] = Apply().apply(base, Stack().build("[]")[0], "merge")[0] is base
+out["empty_stack_is_input"] = apply(base, build("[]")[0], "merge")[0] is base
 # IC rows: the stack carries the IC-LoRA's own factor even with a plain LoRA after it
 ic_rows = json.dumps([{"on": True, "lora": "ic.safetensors", "strength": 1.0, "iclora": True},
                       {"on": True, "lora": "a.safetensors", "strength": 0.5}])
-ic = Apply().apply(base, Stack().build(ic_rows)[0], "merge")[4]
+ic = apply(base, build(ic_rows)[0], "merge")[4]
 out["ic_factor"] = ic.get("reference_downscale_factor")
 out["ic_enabled"] = bool(ic.get("enabled"))
-ic_off = Apply().apply(base, Stack().build(ic_rows.replace('"strength": 1.0', '"strength": 0.0'))[0], "merge")[4]
+ic_off = apply(base, build(ic_rows.replace('"strength": 1.0', '"strength": 0.0'))[0], "merge")[4]
 out["ic_zero_enabled"] = bool(ic_off.get("enabled"))
 print("RESULT " + json.dumps(out))
 ''')
@@ -175,7 +177,7 @@ def child_result(comfy_install):
     import os
     env = dict(os.environ, PATCHBAY_REPO=str(REPO))
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=str(comfy_install.path), env=env,
+    proc = subprocess.run([comfy_install.python, "-c", CHILD], cwd=str(comfy_install.path), env=env,
                           capture_output=True, text=True, timeout=300)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]

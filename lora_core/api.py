@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -139,17 +138,13 @@ def apply(model_path: str, loras: Sequence[tuple[str, float]], out: str, *, forc
     temporary name in the target folder and renamed, so a failure never leaves
     a partial file and an existing ``out`` is refused unless ``force``.
     """
-    from safetensors.torch import save_file
-
     from .patcher import MergePatcher
     from .plan import build_plan
     from .resolve import resolve_targets
+    from .tools.writer import check_target, save_atomic
 
-    out = os.fspath(out)
-    if os.path.exists(out) and not force:
-        raise PatchbayError("output file exists", file=out, fix="pass --force to overwrite it")
-    if os.path.abspath(out) in {os.path.abspath(model_path)} | {os.path.abspath(p) for p, _ in loras}:
-        raise PatchbayError("output would overwrite an input", file=out, fix="choose another --out")
+    inputs = [model_path] + [p for p, _ in loras]
+    out = check_target(out, force=force, inputs=inputs)  # refuse before reading anything
     params, metadata = load_state_dict(model_path)
     shapes = {k: tuple(v.shape) for k, v in params.items()}
     reports = []
@@ -164,14 +159,5 @@ def apply(model_path: str, loras: Sequence[tuple[str, float]], out: str, *, forc
     # discarded and nothing is written, which halves the memory of a bake.
     patcher = MergePatcher(params, keep_originals=False)
     patcher.apply(plan, progress=progress)
-    folder = os.path.dirname(os.path.abspath(out)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".patchbay-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in params.items()}, tmp, metadata=dict(metadata) or None)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_atomic(params, out, metadata=metadata, force=force, inputs=inputs)
     return ApplyResult(out=out, reports=tuple(reports), changed=len(plan))

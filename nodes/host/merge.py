@@ -15,16 +15,38 @@ a hit is bit-identical to a fresh compute because both add the same ``D``
 tensor to the incoming weight.  Plain LoRA factors are cached in fp32 on the
 weight's device, so a slider change costs one small ``B`` rescale, one GEMM
 and one add per parameter.
+
+A slider change touches only what changed (:func:`sync_merged`).  A clone
+whose Patchbay keys are the same as its sibling's gets the same
+``patches_uuid`` (derived from the upstream uuid and the key set, never from
+strengths or files), so ComfyUI keeps the loaded weights instead of
+unpatching and re-patching every key.  The clone carries one injection,
+``MERGE_SYNC_KEY``, whose ``inject`` (run by ComfyUI after every load)
+rewrites only the parameters whose Patchbay contributions differ from what
+the module holds: from ComfyUI's own backup of W₀, with ComfyUI's own
+``calculate_weight`` and rounding, so the bits equal a fresh load.  ComfyUI
+keeps owning backups (its unpatch restores them untouched), lowvram (each
+``LowVramPatch`` is pointed at the injecting clone's patches) and the model
+cache.  Hooks, dynamic VRAM, quantized ops and reshaping patches keep a
+fresh uuid (ComfyUI's full re-patch).
 """
 from __future__ import annotations
 
 import logging
 import os
 import uuid
-from typing import Optional
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
+import comfy.float
+import comfy.lora
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.utils
 import comfy.weight_adapter
 
 from ...lora_core.cache import ByteLRU, DeltaCache, env_bytes
@@ -141,9 +163,15 @@ def add_merge_patches(patcher, plan: PatchPlan) -> int:
         merged = PatchbayAdapter(key, old[1].contributions + tuple(contribs))
         patcher.patches[key] = current[:index] + [(old[0], merged, old[2], old[3], old[4])] + current[index + 1:]
         replaced += 1
+    upstream_uuid = patcher.patches_uuid
     accepted = patcher.add_patches(new, 1.0, 1.0) if new else []
     if replaced and not new:
         patcher.patches_uuid = uuid.uuid4()
+    if can_sync(patcher):
+        patcher.patches_uuid = stable_uuid(upstream_uuid, patchbay_keys(patcher))
+        patcher.set_injections(MERGE_SYNC_KEY, [MergeSync()])
+    elif MERGE_SYNC_KEY in getattr(patcher, "injections", {}):
+        patcher.remove_injections(MERGE_SYNC_KEY)
     missing = set(new) - {k if isinstance(k, str) else k[0] for k in accepted}
     if missing:
         log.warning("[LoRA Patchbay] %d planned keys are not in the model (e.g. %s)", len(missing),
@@ -156,3 +184,163 @@ def merge_into(patcher, plan: PatchPlan):
     out = patcher.clone()
     add_merge_patches(out, plan)
     return out
+
+
+# =============================================================== slider change: touch only what changed
+
+MERGE_SYNC_KEY = "lora-patchbay/merge-sync"
+_UUID_NAMESPACE = uuid.UUID("6c3b1f0e-9a55-4f3e-9a8e-5ad2b7e0c7a1")
+
+
+def patchbay_keys(patcher) -> list[str]:
+    return sorted(k for k, lst in patcher.patches.items() if any(_is_ours(p) for p in lst))
+
+
+def stable_uuid(upstream_uuid, keys) -> uuid.UUID:
+    """The same for every clone of one upstream with the same Patchbay keys (strengths and files apart)."""
+    return uuid.uuid5(_UUID_NAMESPACE, f"{upstream_uuid}|" + "|".join(sorted(keys)))
+
+
+def can_sync(patcher) -> bool:
+    """Whether :func:`sync_merged` can keep this clone's weights exact (else ComfyUI re-patches all)."""
+    if not hasattr(patcher, "set_injections") or getattr(patcher, "hook_patches", None):
+        return False
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    if is_dynamic is not None and is_dynamic():
+        return False  # dynamic VRAM re-applies patches at cast time keyed on the uuid
+    for key in patchbay_keys(patcher):
+        for p in patcher.patches[key]:
+            if _is_ours(p) and p[1].calculate_shape(key) is not None:
+                return False
+        try:
+            weight, set_func, convert_func = comfy.model_patcher.get_key_weight(patcher.model, key)
+        except Exception:
+            return False
+        if set_func is not None or convert_func is not None or type(getattr(weight, "data", None)) is not torch.Tensor:
+            return False  # quantized ops: ComfyUI's own set/convert functions own the storage
+    return True
+
+
+@dataclass
+class _Written:
+    """What a parameter holds: Patchbay contributions, valid while the tensor is unchanged."""
+
+    param: Any          # weakref to the parameter object
+    version: int        # its ``_version`` when recorded
+    contributions: tuple
+
+
+_WRITTEN: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, _Written]]" = weakref.WeakKeyDictionary()
+
+
+def _record(model: torch.nn.Module, key: str, param: torch.Tensor, contributions: tuple) -> None:
+    _WRITTEN.setdefault(model, {})[key] = _Written(weakref.ref(param), param._version, contributions)
+
+
+def _holds(model: torch.nn.Module, key: str, param: torch.Tensor) -> Optional[tuple]:
+    """The contributions ``param`` is known to hold, or None when it changed since we looked."""
+    rec = _WRITTEN.get(model, {}).get(key)
+    if rec is None or rec.param() is not param or rec.version != param._version:
+        return None
+    return rec.contributions
+
+
+def _lowvram_patches(module) -> list:
+    out = []
+    for name in ("weight_function", "bias_function"):
+        for f in getattr(module, name, None) or ():
+            if hasattr(f, "patches") and hasattr(f, "key"):
+                out.append(f)
+    return out
+
+
+@dataclass
+class SyncStats:
+    written: int = 0      # parameters recomputed from W₀ and written
+    unchanged: int = 0    # parameters that already held this clone's contributions
+    adopted: int = 0      # parameters ComfyUI just wrote for this clone (recorded, not rewritten)
+    lowvram: int = 0      # per-forward patches pointed at this clone's patches
+
+
+def sync_merged(patcher) -> SyncStats:
+    """Make the loaded weights hold ``patcher``'s Patchbay contributions, writing only what differs.
+
+    Runs from the ``MERGE_SYNC_KEY`` injection, which ComfyUI calls after
+    every load of this clone.  Per Patchbay key of a fully loaded module:
+    if the parameter is the very tensor we recorded (same object, same
+    ``_version``) with the same contributions, nothing happens; if ComfyUI
+    replaced it since (its own load wrote it with this clone's patches), it
+    is recorded; otherwise it is recomputed from ComfyUI's backup of W₀
+    exactly like ``ModelPatcher.patch_weight_to_device`` and written in place.
+    Modules patched per forward (lowvram) get their ``LowVramPatch`` pointed
+    at this clone's patches.
+    """
+    stats = SyncStats()
+    model = patcher.model
+    if getattr(model, "current_weight_patches_uuid", None) != patcher.patches_uuid:
+        return stats  # the module holds another patch set; ComfyUI's load will patch it
+    if getattr(patcher, "hook_patches", None) or getattr(patcher, "hook_backup", None):
+        return stats
+    for key in patchbay_keys(patcher):
+        mine = next(p[1] for p in patcher.patches[key] if _is_ours(p))
+        module_path, _, _ = key.rpartition(".")
+        try:
+            module = comfy.utils.get_attr(model, module_path) if module_path else model
+            param = comfy.utils.get_attr(model, key)
+        except AttributeError:
+            continue
+        lowvram = [f for f in _lowvram_patches(module) if f.key == key]
+        if lowvram:
+            for f in lowvram:
+                if f.patches is not patcher.patches:
+                    f.patches = patcher.patches
+                    stats.lowvram += 1
+            continue
+        backup = patcher.backup.get(key)
+        if backup is None or not getattr(module, "comfy_patched_weights", False):
+            continue  # not patched by ComfyUI (yet): its own load will use this clone's patches
+        w0 = backup.weight
+        if param is w0 or param.data_ptr() == w0.data_ptr():
+            continue  # never write through the backup
+        held = _holds(model, key, param)
+        if held is None:
+            _record(model, key, param, mine.contributions)  # ComfyUI wrote it in this load
+            stats.adopted += 1
+            continue
+        if held == mine.contributions:
+            stats.unchanged += 1
+            continue
+        _rewrite(patcher, key, param, w0)
+        _record(model, key, param, mine.contributions)
+        stats.written += 1
+    return stats
+
+
+def _rewrite(patcher, key: str, param: torch.Tensor, w0: torch.Tensor) -> None:
+    """``patch_weight_to_device`` for one key, reading W₀ from the backup, writing in place."""
+    device = param.device
+    compute_dtype = getattr(comfy.model_management, "lora_compute_dtype", None)
+    temp_dtype = compute_dtype(device) if compute_dtype is not None else torch.float32
+    with torch.no_grad():
+        temp = comfy.model_management.cast_to_device(w0, device, temp_dtype, copy=True)
+        out = comfy.lora.calculate_weight(patcher.patches[key], temp, key)
+        if param.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            param.data.copy_(out)  # = stochastic_rounding for these dtypes (round to nearest)
+        else:
+            out = comfy.float.stochastic_rounding(out, param.dtype, seed=comfy.utils.string_to_seed(key))
+            param.data.copy_(out)
+
+
+class MergeSync(comfy.patcher_extension.PatcherInjection):
+    """ComfyUI calls ``inject`` after every load of the clone: bring the weights to its contributions."""
+
+    def __init__(self):
+        super().__init__(self._inject, self._eject)
+
+    @staticmethod
+    def _inject(patcher) -> None:
+        sync_merged(patcher)
+
+    @staticmethod
+    def _eject(patcher) -> None:
+        pass  # the weights stay ComfyUI's: its unpatch restores its backups

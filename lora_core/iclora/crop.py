@@ -122,3 +122,73 @@ def next_record(records, plan, **extra) -> GuideRecord:
     offset = count_appended_frames(records)
     return GuideRecord(frame_idx=plan.frame_idx, latent_idx=plan.latent_idx, frames=plan.latent_frames,
                        offset=offset, tokens=plan.tokens, k=plan.k, **extra)
+
+
+# ----------------------------------------------------------------- per-step selection
+
+def step_of_sigma(sigmas: torch.Tensor, sigma: torch.Tensor) -> tuple[int, int]:
+    """(step, number of steps) of the model call at ``sigma`` in the schedule ``sigmas``.
+
+    The step is the index of the nearest sigma; a schedule of n+1 sigmas has
+    n steps (at least 1).
+    """
+    s = sigmas.to(sigma.device, torch.float32)
+    step = int(torch.argmin((s - sigma.flatten()[0].float()).abs()))
+    return step, max(len(s) - 1, 1)
+
+
+def guides_active(records, step: tuple[int, int] | None) -> list[bool]:
+    """Per guide: is it present at ``step`` (``(step, steps)``, None = unknown: all present)?"""
+    recs = [r if isinstance(r, GuideRecord) else GuideRecord.from_dict(r) for r in records]
+    if step is None:
+        return [True] * len(recs)
+    return [step_active(step[0], step[1], r.start_percent, r.end_percent) for r in recs]
+
+
+@dataclass(frozen=True)
+class WindowSelection:
+    """What one model call keeps when some guides are outside their step window.
+
+    ``frames``: latent frame indices along time (the video's own frames, then
+    each present guide's frames, :func:`keep_index_for_window`); ``tokens``:
+    indices into the guides' ``keyframe_idxs`` tokens (guides laid out in
+    record order, ``tokens`` each); ``guides``: indices of the present guides
+    (for their attention entries).
+    """
+    frames: tuple[int, ...]
+    tokens: tuple[int, ...]
+    guides: tuple[int, ...]
+
+
+def window_selection(base_frames: int, records, active) -> WindowSelection:
+    """The frames, keyframe tokens and guides kept at a step (see :class:`WindowSelection`)."""
+    recs = [r if isinstance(r, GuideRecord) else GuideRecord.from_dict(r) for r in records]
+    frames, _ = keep_index_for_window(base_frames, recs, active)
+    tokens: list[int] = []
+    guides: list[int] = []
+    start = 0
+    for i, (r, on) in enumerate(zip(recs, active)):
+        if on:
+            tokens.extend(range(start, start + r.tokens))
+            guides.append(i)
+        start += r.tokens
+    return WindowSelection(tuple(frames), tuple(tokens), tuple(guides))
+
+
+def present_guide_weights(records, active, stored, height: int, width: int) -> list[torch.Tensor]:
+    """Attention weights (one 1-D tensor per present guide, F·(h/k)·(w/k) tokens each).
+
+    ``stored[i]`` is guide i's mask-derived weights or None, in which case
+    its ``attention_strength`` applies to every token.
+    """
+    recs = [r if isinstance(r, GuideRecord) else GuideRecord.from_dict(r) for r in records]
+    stored = list(stored or [None] * len(recs))
+    out = []
+    for i, (r, on) in enumerate(zip(recs, active)):
+        if not on:
+            continue
+        wt = stored[i] if i < len(stored) else None
+        if wt is None:
+            wt = torch.full((r.frames * (height // r.k) * (width // r.k),), float(r.attention_strength))
+        out.append(wt)
+    return out

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Optional
 
 from .errors import ICLoraError
 
@@ -81,8 +81,58 @@ def merge_factors(params: list[tuple[str, int]]) -> int:
     return distinct.pop() if distinct else 1
 
 
-def stack_ic_params(rows) -> dict | None:
-    """One ``IC_LORA`` dict for the IC-LoRA rows of a stack.
+@dataclass(frozen=True)
+class ICLora:
+    """The ``IC_LORA`` value passed from an IC-LoRA loader (or a stack) to the guide nodes.
+
+    ``enabled`` is False when the IC-LoRA is off or at strength 0; the guides
+    fed by it then add nothing.  ``warnings`` are the header problems found
+    while reading the factors (for the caller's log).
+    """
+    reference_downscale_factor: int = 1
+    reference_temporal_scale_factor: int = 1
+    lora: Optional[str] = None
+    enabled: bool = True
+    strength: float = 1.0
+    auto_crop: bool = True
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.strength != 0.0
+
+    @classmethod
+    def coerce(cls, value) -> "ICLora":
+        """An ICLora from an ICLora, None (a normal k = 1 IC-LoRA) or a mapping of its fields."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            known = {k: value[k] for k in cls.__dataclass_fields__ if k in value and k != "warnings"}
+            return _ic_lora(**known)
+        raise ICLoraError(f"the ic_lora input is a {type(value).__name__}, not IC-LoRA parameters",
+                          fix="connect the ic_lora output of IC-LoRA Loader or Apply LoRA Stack")
+
+
+def _ic_lora(reference_downscale_factor=1, reference_temporal_scale_factor=1, lora=None, enabled=True,
+             strength=1.0, auto_crop=True, warnings=()) -> ICLora:
+    """The one constructor of :class:`ICLora` values (types normalised here)."""
+    return ICLora(int(reference_downscale_factor or 1), int(reference_temporal_scale_factor or 1),
+                  None if lora is None else str(lora), bool(enabled), float(strength), bool(auto_crop),
+                  tuple(warnings))
+
+
+def ic_lora_for_file(name: Optional[str], meta: Mapping[str, str] | None, strength: float = 1.0,
+                     enabled: bool = True, auto_crop: bool = True) -> ICLora:
+    """The IC_LORA of one file, read from its header whatever the strength."""
+    p = parse_ic_metadata(meta)
+    return _ic_lora(p.reference_downscale_factor, p.reference_temporal_scale_factor, name,
+                    bool(enabled) and float(strength) != 0.0, strength, auto_crop, p.warnings)
+
+
+def ic_lora_for_stack_rows(rows) -> Optional[ICLora]:
+    """One IC_LORA for the IC-LoRA rows of a stack.
 
     ``rows``: iterable of ``(name, metadata, strength, on)`` for the rows
     marked as IC-LoRA, each read from its own file header (so a later LoRA
@@ -103,7 +153,6 @@ def stack_ic_params(rows) -> dict | None:
     if len(kt) > 1:
         raise ICLoraError("IC-LoRAs with different reference_temporal_scale_factor in one stack",
                           fix="disable one of them")
-    warnings = [w for _, p in pool for w in p.warnings]
-    return {SPATIAL_KEY: k, TEMPORAL_KEY: kt.pop(), "lora": ", ".join(n for n, _ in pool),
-            "enabled": bool(active), "strength": max((s for _, _, s, on in parsed if on), default=0.0),
-            "auto_crop": True, "warnings": warnings}
+    return _ic_lora(k, kt.pop(), ", ".join(n for n, _ in pool), bool(active),
+                    max((s for _, _, s, on in parsed if on), default=0.0), True,
+                    [w for _, p in pool for w in p.warnings])

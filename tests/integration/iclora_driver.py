@@ -394,11 +394,11 @@ def loader_reads_metadata_whatever_strength():
     w0 = MODEL.model.state_dict()[key].clone()
     for strength, enabled in ((1.0, True), (0.0, True), (1.0, False)):
         m, params, core_params = loader.execute(MODEL, "ic-test-ref0.5.safetensors", strength, enabled, "auto crop")
-        assert params["reference_downscale_factor"] == 2 and core_params == {"reference_downscale_factor": 2}
-        assert params["enabled"] == (enabled and strength != 0)
-        assert len(m.patches) == (2 if params["enabled"] else 0), (strength, enabled, len(m.patches))
+        assert params.reference_downscale_factor == 2 and core_params == {"reference_downscale_factor": 2}
+        assert params.enabled == (enabled and strength != 0)
+        assert len(m.patches) == (2 if params.enabled else 0), (strength, enabled, len(m.patches))
     m, params, _ = loader.execute(MODEL, "ic-test-plain.safetensors", 1.0, True, "manual crop")
-    assert params["reference_downscale_factor"] == 1 and params["auto_crop"] is False
+    assert params.reference_downscale_factor == 1 and params.auto_crop is False
     # two IC-LoRAs with different factors on one model are refused
     m1, _, _ = loader.execute(MODEL, "ic-test-ref0.5.safetensors", 1.0, True, "auto crop")
     try:
@@ -424,21 +424,21 @@ def stack_rows_carry_their_own_ic_params():
     # needs the files written by loader_reads_metadata_whatever_strength
     rows = [{"on": True, "lora": "ic-test-ref0.5.safetensors", "strength": 1.0, "iclora": True},
             {"on": True, "lora": "ic-test-plain.safetensors", "strength": 0.7, "iclora": False}]
-    p = ic.ic_params_for_stack_rows(rows)
-    assert p["reference_downscale_factor"] == 2 and p["enabled"] is True   # not hidden by the last row
+    p = ic.ic_lora_for_rows(rows)
+    assert p.reference_downscale_factor == 2 and p.enabled is True   # not hidden by the last row
     rows[0]["strength"] = 0.0
-    p = ic.ic_params_for_stack_rows(rows)
-    assert p["enabled"] is False and p["reference_downscale_factor"] == 2
+    p = ic.ic_lora_for_rows(rows)
+    assert p.enabled is False and p.reference_downscale_factor == 2
     pos, neg = conds()
     assert ic.add_guide(pos, neg, VAE, video_latent(3), guide_video(9), 0, 1.0, ic_lora=p)[0] is pos
-    assert ic.ic_params_for_stack_rows(rows[1:]) is None
+    assert ic.ic_lora_for_rows(rows[1:]) is None
 
 
 @check
 def panel_auto_crop_through_loader_wrapper():
     # the panel wrapper is model-agnostic: exercise it on the LTXV model with a 5-D "canvas" is not
     # meaningful, so drive the OUTER_SAMPLE wrapper directly with a fake executor
-    lay = ic.panel_layout("side-by-side", 64, 32)
+    lay = ic.panel.panel_layout("side-by-side", 64, 32)
 
     class Exec:
         class_obj = None
@@ -447,8 +447,8 @@ def panel_auto_crop_through_loader_wrapper():
             return latent_image * 2
 
     lat = torch.arange(1 * 4 * 4 * 16, dtype=torch.float32).view(1, 4, 4, 16)
-    setattr(lat, ic.PANEL_ATTR, lay.to_dict())
-    out = ic.panel_outer_sample_wrapper(Exec(), torch.zeros_like(lat), lat, None, None)
+    setattr(lat, ic.panel.PANEL_ATTR, lay.to_dict())
+    out = ic.panel.panel_outer_sample_wrapper(Exec(), torch.zeros_like(lat), lat, None, None)
     assert out.shape == (1, 4, 4, 8) and torch.equal(out, lat[..., 8:] * 2)
 
 

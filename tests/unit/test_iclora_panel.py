@@ -126,25 +126,39 @@ def test_merge_factors():
 
 # --- stack rows -------------------------------------------------------------------------------------
 
-from lora_core.iclora import stack_ic_params  # noqa: E402
+from lora_core.iclora import ICLora, ic_lora_for_file, ic_lora_for_stack_rows  # noqa: E402
 
 
 def test_stack_params_not_hidden_by_later_lora():
     # the IC-LoRA is not the last row; its own header decides
-    p = stack_ic_params([("union-ref0.5", {"reference_downscale_factor": "2"}, 1.0, True)])
-    assert p["reference_downscale_factor"] == 2 and p["enabled"] is True
+    p = ic_lora_for_stack_rows([("union-ref0.5", {"reference_downscale_factor": "2"}, 1.0, True)])
+    assert p.reference_downscale_factor == 2 and p.enabled is True
 
 
 def test_stack_params_disabled_rows_drop_guides_but_keep_factor():
-    p = stack_ic_params([("union-ref0.5", {"reference_downscale_factor": "2"}, 0.0, True),
+    p = ic_lora_for_stack_rows([("union-ref0.5", {"reference_downscale_factor": "2"}, 0.0, True),
                          ("depth", {"reference_downscale_factor": "2"}, 1.0, False)])
-    assert p["enabled"] is False and p["reference_downscale_factor"] == 2
+    assert p.enabled is False and p.reference_downscale_factor == 2
 
 
 def test_stack_params_mixed_factors_refused_only_when_both_enabled():
     rows = [("a", {"reference_downscale_factor": "2"}, 1.0, True), ("b", {}, 1.0, True)]
     with pytest.raises(ICLoraError, match="different reference_downscale_factor"):
-        stack_ic_params(rows)
+        ic_lora_for_stack_rows(rows)
     rows[1] = ("b", {}, 1.0, False)
-    assert stack_ic_params(rows)["reference_downscale_factor"] == 2
-    assert stack_ic_params([]) is None
+    assert ic_lora_for_stack_rows(rows).reference_downscale_factor == 2
+    assert ic_lora_for_stack_rows([]) is None
+
+
+def test_ic_lora_is_one_typed_value():
+    # from a file: factor from the header whatever the strength; strength 0 disables it
+    p = ic_lora_for_file("x", {"reference_downscale_factor": "2"}, strength=0.0)
+    assert isinstance(p, ICLora) and p.reference_downscale_factor == 2 and not p.enabled
+    assert ICLora.coerce(None) == ICLora() and ICLora().reference_downscale_factor == 1
+    # a plain mapping (older graphs, other code) becomes the same typed value
+    assert ICLora.coerce({"reference_downscale_factor": 2, "enabled": False}) == \
+        ICLora(reference_downscale_factor=2, enabled=False)
+    with pytest.raises(ICLoraError, match="not IC-LoRA parameters"):
+        ICLora.coerce(3)
+    with pytest.raises(Exception):
+        p.enabled = True  # frozen

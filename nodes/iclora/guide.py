@@ -1,0 +1,304 @@
+"""IC-LoRA Guide (LTX video) and IC-LoRA Crop Guides.
+
+The guide validates everything before encoding, appends the encoded guide
+frames to the latent with their keyframe positions and noise mask
+(``lora_core.iclora``), records what it appended, and attaches the sampling
+hook of the automatic crop (``sampling.py``, through the door's ``hooks``).
+Design notes and differences from core's LTXVAddGuide / LTXVCropGuides:
+docs/iclora.md.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import node_helpers
+
+from ...lora_core.iclora import (
+    GuideRecord, ICLora, ICLoraError, base_noise_mask, count_appended_frames, crop_guides, dilate_latent,
+    guide_keyframe_coords, guide_noise_mask, mask_to_token_weights, next_record, plan_guide,
+)
+from .. import host
+from ..common import IC_CATEGORY
+from .sampling import apply_model_window_wrapper, outer_sample_wrapper
+from .shared import (CROP_MODES, GUIDE_COND_KEYS, GUIDE_WRAPPER_KEY, LATENT_CHANNELS, STATE_KEY, cond_value,
+                     resize_images)
+
+log = logging.getLogger("lora-patchbay.iclora")
+
+
+def get_state(cond) -> dict | None:
+    """Our record of appended guides, stored in a conditioning."""
+    s = cond_value(cond, STATE_KEY)
+    return s if isinstance(s, dict) else None
+
+
+def _without_guides(cond):
+    """Remove guide keys and our hook from a conditioning."""
+    new = []
+    for entry in cond:
+        d = entry[1].copy()
+        for key in GUIDE_COND_KEYS:
+            d.pop(key, None)
+        new.append([entry[0], host.without_our_hook(d)])
+    return new
+
+
+def _check_vae(vae):
+    if vae is None:
+        raise ICLoraError("No VAE connected", fix="connect the LTX video VAE to the guide node")
+    formula = getattr(vae, "downscale_index_formula", None)
+    if formula is None or len(tuple(formula)) != 3:
+        raise ICLoraError("This VAE is not a video VAE (it has no time compression)",
+                          fix="connect the LTX-Video VAE of the checkpoint")
+    return tuple(int(v) for v in formula)
+
+
+def _check_latent(latent) -> torch.Tensor:
+    if not isinstance(latent, dict) or "samples" not in latent:
+        raise ICLoraError("The latent input is not a LATENT", fix="connect a video latent")
+    s = latent["samples"]
+    if getattr(s, "is_nested", False):
+        raise ICLoraError("Adding an IC-LoRA guide to a combined audio-video latent is not supported",
+                          fix="add the guide to the video latent before LTXVConcatAVLatent, and crop "
+                              "(PatchbayICLoraCropGuides) after LTXVSeparateAVLatent")
+    if s.ndim == 4:
+        raise ICLoraError(f"The latent is an image latent {tuple(s.shape)}, but IC-LoRA guides need a video "
+                          "latent (B, 128, frames, H, W)",
+                          fix="use EmptyLTXVLatentVideo (or another LTX video latent); for image models use "
+                              "PatchbayICLoraPanel")
+    if s.ndim != 5:
+        raise ICLoraError(f"The latent has shape {tuple(s.shape)}; expected a 5-D LTX video latent")
+    if s.shape[1] != LATENT_CHANNELS:
+        raise ICLoraError(f"The latent has {s.shape[1]} channels, an LTX video latent has {LATENT_CHANNELS}: "
+                          "this looks like a combined audio-video latent or another model's latent",
+                          fix="add the guide to the video latent before LTXVConcatAVLatent, and crop "
+                              "after LTXVSeparateAVLatent")
+    return s
+
+
+def _check_guide_image(image) -> torch.Tensor:
+    if not torch.is_tensor(image) or image.ndim != 4 or image.shape[-1] < 3:
+        shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
+        raise ICLoraError(f"The guide must be an IMAGE batch of frames (frames, H, W, 3), got {shape}",
+                          fix="connect images or video frames (e.g. from Load Video or a preprocessor)")
+    return image
+
+
+def add_guide(positive, negative, vae, latent, image, frame_idx: int, strength: float,
+              attention_strength: float = 1.0, attention_mask=None, ic_lora: ICLora | dict | None = None,
+              crop: str = "stretch", start_percent: float = 0.0, end_percent: float = 1.0,
+              causal_fix: bool = True):
+    """Append one guide.  Validates everything before encoding; returns (positive, negative, latent)."""
+    params = ICLora.coerce(ic_lora)
+    if not params.active:
+        log.info("IC-LoRA %s is disabled or at strength 0: its guide is not added", params.lora)
+        return positive, negative, latent
+
+    scale = _check_vae(vae)
+    samples = _check_latent(latent)
+    image = _check_guide_image(image)
+    k = params.reference_downscale_factor
+    kt = params.reference_temporal_scale_factor
+    if kt != 1:
+        raise ICLoraError(f"IC-LoRA {params.lora!r} has reference_temporal_scale_factor {kt}; the LTX "
+                          "guide only supports full-frame-rate references (1)",
+                          fix="use an IC-LoRA made for ComfyUI/LTX-2 guides or the runtime it was trained for")
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise ICLoraError(f"guide step window {start_percent}–{end_percent} is invalid",
+                          fix="use 0 ≤ start_percent ≤ end_percent ≤ 1")
+    if not 0.0 <= strength <= 1.0:
+        raise ICLoraError(f"guide strength must be between 0 and 1, got {strength}")
+
+    b, _, frames, h, w = samples.shape
+    state = get_state(positive)
+    appended = count_appended_frames(state["guides"]) if state else 0
+    base = int(state["base_frames"]) if state else frames
+    if state is None and cond_value(positive, "keyframe_idxs") is not None:
+        raise ICLoraError("These conditionings already carry guides from another node (e.g. LTXVAddGuide)",
+                          fix="use Patchbay guide nodes for all guides of one latent, or crop the others first")
+    if frames != base + appended:
+        raise ICLoraError(f"The latent has {frames} frames but the conditionings describe {base} video + "
+                          f"{appended} guide frames", fix="connect the latent and conditionings from the same "
+                                                          "previous guide node")
+    noise_mask = latent.get("noise_mask")
+    if torch.is_tensor(noise_mask) and noise_mask.ndim == 5 and noise_mask.shape[2] > frames:
+        noise_mask = noise_mask[:, :, :frames]  # stale mask of an automatically cropped latent
+
+    plan = plan_guide(guide_frames=image.shape[0], frame_idx=int(frame_idx), base_latent_frames=base,
+                      latent_height=h, latent_width=w, k=k, scale=scale, causal_fix=causal_fix)
+    if k > 1 and not host.ltx_drops_filler_tokens():
+        raise ICLoraError(f"This ComfyUI version cannot run small-grid IC-LoRAs (reference_downscale_factor "
+                          f"{k}): its LTX model does not drop the dilation filler tokens",
+                          fix="update ComfyUI to v0.14 or later, or use a full-resolution (k = 1) IC-LoRA")
+    mask = base_noise_mask(b, frames, noise_mask, device=samples.device)
+    pmask = None
+    if attention_mask is not None:
+        pmask = attention_mask
+        if pmask.ndim == 2:
+            pmask = pmask.unsqueeze(0)
+        if pmask.ndim != 3:
+            raise ICLoraError(f"attention_mask must be a MASK (frames, H, W), got {tuple(pmask.shape)}")
+
+    # --- encode (nothing has been changed so far) ---
+    src = image[list(plan.source_frames)]
+    pixels = resize_images(src, plan.encode_width, plan.encode_height, crop)[..., :3]
+    enc = vae.encode(pixels)
+    if plan.drop_first_latent:
+        enc = enc[:, :, 1:]
+    exp = (plan.latent_frames, h // k, w // k)
+    if tuple(enc.shape[2:]) != exp:
+        raise ICLoraError(f"The VAE returned a guide latent of shape {tuple(enc.shape)}, expected frames×h×w "
+                          f"{exp}", fix="connect the LTX video VAE that matches the model")
+    enc = enc.to(device=samples.device, dtype=samples.dtype)
+    if enc.shape[0] != b:
+        enc = enc[:1].expand(b, -1, -1, -1, -1)
+    guide, gmask = dilate_latent(enc, k)
+    mask, part = guide_noise_mask(mask, plan.latent_frames, float(strength), gmask)
+    coords = guide_keyframe_coords(latent_frames=plan.latent_frames, latent_height=h, latent_width=w,
+                                   frame_idx=plan.frame_idx, causal=plan.causal, k=k, scale=scale,
+                                   device=samples.device, intervals=host.ltx_positions_are_intervals())
+
+    records = list(state["guides"]) if state else []
+    rec = next_record([GuideRecord.from_dict(r) for r in records], plan, strength=float(strength),
+                      attention_strength=float(attention_strength), start_percent=float(start_percent),
+                      end_percent=float(end_percent))
+    weights = list((state or {}).get("attn_weights") or [None] * len(records))
+    if pmask is not None:
+        weights.append(float(attention_strength) * mask_to_token_weights(
+            pmask.to("cpu"), latent_frames=plan.latent_frames, height=h // k, width=w // k, causal=plan.causal,
+            t=scale[0]))
+    else:
+        weights.append(None)
+    new_state = {"base_frames": base, "height": h, "width": w, "guides": records + [rec.to_dict()],
+                 "attn_weights": weights,
+                 "auto_crop": params.auto_crop and (state or {}).get("auto_crop", True)}
+    entry = {"pre_filter_count": plan.tokens, "strength": float(attention_strength),
+             "pixel_mask": None if pmask is None else pmask.reshape(1, 1, *pmask.shape),
+             "latent_shape": [plan.latent_frames, h // k, w // k]}
+
+    def extend(cond):
+        kf = cond_value(cond, "keyframe_idxs")
+        kf = coords if kf is None else torch.cat([kf, coords.to(kf.device, kf.dtype)], dim=2)
+        entries = list(cond_value(cond, "guide_attention_entries") or []) + [entry]
+        return node_helpers.conditioning_set_values(cond, {"keyframe_idxs": kf, "guide_attention_entries": entries,
+                                                           STATE_KEY: new_state})
+
+    positive, negative = extend(positive), extend(negative)
+    if new_state["auto_crop"]:
+        positive, negative = host.with_sampling_hook(positive, negative, GUIDE_WRAPPER_KEY,
+                                                     outer_sample_wrapper, apply_model_window_wrapper)
+    out = {k2: v for k2, v in latent.items() if k2 not in ("samples", "noise_mask", STATE_KEY)}
+    out["samples"] = torch.cat([samples, guide], dim=2)
+    out["noise_mask"] = torch.cat([mask, part.to(mask.device, mask.dtype)], dim=2)
+    out[STATE_KEY] = new_state
+    return positive, negative, out
+
+
+def crop_guides_from(positive, negative, latent):
+    """Remove appended guide frames (if not already removed) and clear the guide keys."""
+    samples = latent["samples"]
+    if getattr(samples, "is_nested", False):
+        raise ICLoraError("Cannot crop guides on a combined audio-video latent",
+                          fix="put LTXVSeparateAVLatent before PatchbayICLoraCropGuides")
+    state = get_state(positive) or latent.get(STATE_KEY)
+    if state:
+        count, base = count_appended_frames(state["guides"]), int(state["base_frames"])
+    else:  # guides from other nodes (e.g. core LTXVAddGuide): count tokens, not start frames
+        base = None
+        kf = cond_value(positive, "keyframe_idxs")
+        count = 0 if kf is None else count_appended_frames(
+            keyframe_tokens=int(kf.shape[2]), tokens_per_frame=int(samples.shape[3] * samples.shape[4]),
+            entries=cond_value(positive, "guide_attention_entries"))
+    s, m = crop_guides(samples, count, latent.get("noise_mask"), base_frames=base)
+    out = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask", STATE_KEY)}
+    out["samples"] = s
+    if m is not None:
+        out["noise_mask"] = m
+    return _without_guides(positive), _without_guides(negative), out
+
+
+class PatchbayICLoraGuide:
+    DESCRIPTION = ("Adds an in-context (IC) LoRA guide to an LTX video latent: the guide frames (depth, canny, "
+                   "pose, a low-res clip...) are encoded, appended as clean tokens at the target frames' "
+                   "positions, and removed again automatically after sampling. Chain several for several "
+                   "guides. The IC-LoRA parameters (reference downscale factor, enabled) come from "
+                   "PatchbayICLoraLoader or a stack row marked as IC-LoRA; when that IC-LoRA is disabled or at "
+                   "strength 0 the guide is skipped too.")
+    CATEGORY = IC_CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    OUTPUT_TOOLTIPS = ("Positive conditioning with the guide positions.",
+                       "Negative conditioning with the guide positions.",
+                       "Video latent with the guide frames appended (removed automatically after sampling).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "positive": ("CONDITIONING", {"tooltip": "Positive conditioning (e.g. from LTXVConditioning)."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
+                "vae": ("VAE", {"tooltip": "The LTX video VAE, used to encode the guide."}),
+                "latent": ("LATENT", {"tooltip": "The LTX video latent (video only, not a combined audio-video "
+                                                 "latent)."}),
+                "guide": ("IMAGE", {"tooltip": "Guide frames (image or video). Trimmed to 8n+1 frames."}),
+                "frame_idx": ("INT", {"default": 0, "min": -9999, "max": 9999, "step": 1,
+                                      "tooltip": "Pixel frame where the guide starts. Negative counts from the end "
+                                                 "(-1 = last frame). Multi-frame guides snap down to 0 or 8n+1."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                       "tooltip": "How clean the guide stays: 1 = pinned, 0 = fully re-noised. "
+                                                  "Noise mask of the guide = 1 - strength."}),
+                "attention_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.01,
+                                                 "tooltip": "Weight of attention between the video and this "
+                                                            "guide: 1 = as trained, below 1 weakens the guide "
+                                                            "(0 = the video ignores it), above 1 amplifies."}),
+                "crop": (list(CROP_MODES), {"default": "stretch",
+                                            "tooltip": "How the guide is fitted to the video size: stretch "
+                                                       "(Lightricks default) or center crop (core)."}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                            "tooltip": "First part of the steps during which the guide is "
+                                                       "present (0 = from the first step)."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "The guide is removed from this fraction of the steps on "
+                                                     "(1 = until the end). Lower it against style leakage."}),
+            },
+            "optional": {
+                "ic_lora": ("IC_LORA", {"tooltip": "IC-LoRA parameters from PatchbayICLoraLoader or a stack. "
+                                                   "Unconnected: a full-resolution (factor 1) IC-LoRA."}),
+                "attention_mask": ("MASK", {"tooltip": "Optional pixel-space mask (frames, H, W) or (H, W) of "
+                                                       "the guide: multiplies the attention strength where the "
+                                                       "guide should act (1) or not (0)."}),
+            },
+        }
+
+    def execute(self, positive, negative, vae, latent, guide, frame_idx, strength, attention_strength, crop,
+                start_percent, end_percent, ic_lora=None, attention_mask=None):
+        return add_guide(positive, negative, vae, latent, guide, frame_idx, strength, attention_strength,
+                         attention_mask, ic_lora, crop, start_percent, end_percent)
+
+
+class PatchbayICLoraCropGuides:
+    DESCRIPTION = ("Removes IC-LoRA guide frames from a latent and clears the guide keys from the "
+                   "conditionings. The guide node already crops automatically after sampling; use this for "
+                   "custom samplers, audio-video latents (after LTXVSeparateAVLatent) and two-stage pipelines "
+                   "(crop before a latent upscale). Safe on an already cropped latent.")
+    CATEGORY = IC_CATEGORY
+    FUNCTION = "execute"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    OUTPUT_TOOLTIPS = ("Positive conditioning without guides.", "Negative conditioning without guides.",
+                       "Latent with exactly the video's own frames.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "positive": ("CONDITIONING", {"tooltip": "Positive conditioning from the guide node."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative conditioning from the guide node."}),
+            "latent": ("LATENT", {"tooltip": "The sampled latent (with or without guide frames)."}),
+        }}
+
+    def execute(self, positive, negative, latent):
+        return crop_guides_from(positive, negative, latent)
+

@@ -1,0 +1,144 @@
+"""The guides' per-run sampling wrappers (installed through the hook the guide node attaches).
+
+OUTER_SAMPLE cuts the appended guide frames off the sampler's output;
+APPLY_MODEL drops the guides outside their step window
+(``lora_core.iclora.window_selection``) and weights video↔guide attention.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ...lora_core.iclora import (ICLoraError, biased_attention, count_appended_frames, guides_active,
+                                 present_guide_weights, step_of_sigma, token_bias, window_selection)
+from .shared import GUIDE_COND_KEYS, STATE_KEY
+
+log = logging.getLogger("lora-patchbay.iclora")
+
+
+def _state_from_guider(guider):
+    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", None) or {}
+    for name in ("positive", "negative"):
+        for c in conds.get(name, []) or []:
+            s = c.get(STATE_KEY) if isinstance(c, dict) else None
+            if isinstance(s, dict):
+                return s
+    return None
+
+
+def outer_sample_wrapper(executor, *args, **kwargs):
+    """Run the sampler, then cut the appended guide frames off its output."""
+    guider = executor.class_obj
+    state = _state_from_guider(guider)
+    if state is None or not state.get("auto_crop", True):
+        return executor(*args, **kwargs)
+    shapes = kwargs.get("latent_shapes")
+    if shapes is not None and len(shapes) > 1:
+        log.warning("IC-LoRA guides on a combined audio-video latent are not cropped automatically; "
+                    "add PatchbayICLoraCropGuides after LTXVSeparateAVLatent.")
+        return executor(*args, **kwargs)
+    base, count = int(state["base_frames"]), count_appended_frames(state["guides"])
+    latent = args[1] if len(args) > 1 else kwargs.get("latent_image")
+    frames = latent.shape[2] if torch.is_tensor(latent) and latent.ndim == 5 else None
+    if frames == base and count:
+        # guide conditionings reused on a latent whose guides were already cropped (e.g. a second
+        # stage): sample without the guides instead of mispositioning the last tokens.
+        log.info("IC-LoRA: latent has no guide frames any more; sampling without guides")
+        for cond_list in (getattr(guider, "conds", None) or {}).values():
+            for c in cond_list or []:
+                if isinstance(c, dict):
+                    for key in GUIDE_COND_KEYS:
+                        c.pop(key, None)
+        return executor(*args, **kwargs)
+    if frames is not None and frames != base + count:
+        raise ICLoraError(f"The latent has {frames} frames but its guide conditionings describe {base} video + "
+                          f"{count} guide frames", fix="crop the guides (PatchbayICLoraCropGuides) before "
+                                                       "changing the latent's length or size")
+    try:
+        guider.model_options.setdefault("transformer_options", {})[STATE_KEY] = state
+    except AttributeError:
+        pass
+    out = executor(*args, **kwargs)
+    if torch.is_tensor(out) and out.ndim == 5 and out.shape[2] == base + count and count:
+        out = out[:, :, :base]
+    elif count:
+        log.warning("IC-LoRA automatic crop skipped: sampler output has shape %s, expected %d frames",
+                    tuple(getattr(out, "shape", ())), base + count)
+    return out
+
+
+def _attention_override(n_video: int, weights: list, total: int, prev):
+    """An ``optimized_attention_override`` biasing video↔guide attention in self-attention calls."""
+    cache = {}
+
+    def override(func, *args, **kwargs):
+        q, k, v, heads = args[:4]
+        skip_reshape = kwargs.get("skip_reshape", False)
+        tq = q.shape[2] if skip_reshape else q.shape[1]
+        tk = k.shape[2] if skip_reshape else k.shape[1]
+        mask = kwargs.get("mask", args[4] if len(args) > 4 else None)
+        if mask is None and tq == tk == total:
+            key = (q.device, q.dtype)
+            if key not in cache:
+                cache[key] = token_bias(n_video, weights, dtype=q.dtype, device=q.device)
+            kb, gl = cache[key]
+            return biased_attention(q, k, v, heads, n_video, kb, gl, skip_reshape=skip_reshape,
+                                    skip_output_reshape=kwargs.get("skip_output_reshape", False))
+        return prev(func, *args, **kwargs) if prev is not None else func(*args, **kwargs)
+    return override
+
+
+
+def _current_step(transformer_options, t) -> tuple[int, int] | None:
+    sigmas = transformer_options.get("sample_sigmas")
+    if sigmas is None or not torch.is_tensor(t) or t.numel() == 0:
+        return None
+    return step_of_sigma(sigmas, t)
+
+
+def apply_model_window_wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None,
+                               transformer_options={}, **kwargs):
+    """Per model call: drop guides outside their step window, weight attention to the others."""
+    state = transformer_options.get(STATE_KEY)
+    if not state or x.ndim != 5:
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    records = state["guides"]
+    base = int(state["base_frames"])
+    if x.shape[2] != base + count_appended_frames(records):
+        return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+    active = guides_active(records, _current_step(transformer_options, t))
+    kw = dict(kwargs)
+    idx = None
+    x_run = x
+    if not all(active):
+        sel = window_selection(base, records, active)
+        idx = torch.tensor(sel.frames, device=x.device)
+        dm = kw.get("denoise_mask")
+        if torch.is_tensor(dm) and dm.ndim == 5 and dm.shape[2] == x.shape[2]:
+            kw["denoise_mask"] = dm.index_select(2, idx.to(dm.device))
+        kf = kw.get("keyframe_idxs")
+        if torch.is_tensor(kf):
+            kw["keyframe_idxs"] = (kf.index_select(2, torch.tensor(sel.tokens, device=kf.device, dtype=torch.long))
+                                   if sel.tokens else None)
+        entries = kwargs.get("guide_attention_entries")
+        if entries is not None:
+            kw["guide_attention_entries"] = [entries[i] for i in sel.guides if i < len(entries)] or None
+        x_run = x.index_select(2, idx)
+    # attention weighting of the guides that are present (skipped when every weight is 1)
+    h, w = x.shape[3], x.shape[4]
+    weights = present_guide_weights(records, active, state.get("attn_weights"), h, w)
+    plain = all(bool(torch.all(wt == 1.0)) for wt in weights)
+    opts = transformer_options
+    if weights and not plain and "guide_attention_entries" not in kw:
+        n_video = base * h * w
+        total = n_video + sum(int(wt.numel()) for wt in weights)
+        opts = dict(transformer_options)
+        opts["optimized_attention_override"] = _attention_override(
+            n_video, weights, total, transformer_options.get("optimized_attention_override"))
+    out_run = executor(x_run, t, c_concat, c_crossattn, control, opts, **kw)
+    if idx is None:
+        return out_run
+    out = x.to(out_run.dtype).clone()
+    out[:, :, idx] = out_run
+    return out

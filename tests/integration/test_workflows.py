@@ -26,7 +26,8 @@ WORKFLOW_DIR = REPO_ROOT / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.json"))
 WF_IDS = [p.stem for p in WORKFLOWS]
 # Our own workflows: SD1.5-shaped, so they run on the harness's tiny SD1.5 checkpoint.
-RUNNABLE = ("lora-stack-basic", "lora-block-weights", "lora-schedule-bypass")
+RUNNABLE = ("lora-stack-basic", "lora-block-weights", "lora-schedule-bypass", "lora-stack-loader")
+STACK_NODES = ("PatchbayLoraStack", "PatchbayLoraStackLoader")
 
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -274,12 +275,23 @@ def ui_to_api(wf: dict, info: dict) -> dict:
     return prompt
 
 
+def stack_rows(value: str) -> list[dict]:
+    """The rows of a ``rows`` widget: a legacy row list or the editor's v2 object."""
+    data = json.loads(value)
+    return data["rows"] if isinstance(data, dict) else data
+
+
+def with_rows(value: str, rows: list[dict]) -> str:
+    data = json.loads(value)
+    return json.dumps({**data, "rows": rows} if isinstance(data, dict) else rows)
+
+
 def lora_names_in(wf: dict) -> list[str]:
     """LoRA files a workflow loads: stack rows and loader/info lora_name combos."""
     names = []
     for n in wf["nodes"]:
-        if n["type"] == "PatchbayLoraStack":
-            for row in json.loads(n["widgets_values"][0]):
+        if n["type"] in STACK_NODES:
+            for row in stack_rows(n["widgets_values"][0]):
                 names.append(row["lora"])
         elif n["type"] in ("PatchbayLoraLoader", "PatchbayLoraInfo"):
             names.append(n["widgets_values"][0])
@@ -489,9 +501,9 @@ def remove_nodes(prompt: dict, class_type: str, passthrough: str) -> dict:
 def rows_off(prompt: dict) -> dict:
     prompt = json.loads(json.dumps(prompt))
     for node in prompt.values():
-        if node["class_type"] == "PatchbayLoraStack":
-            rows = json.loads(node["inputs"]["rows"])
-            node["inputs"]["rows"] = json.dumps([{**r, "on": False} for r in rows])
+        if node["class_type"] in STACK_NODES:
+            rows = node["inputs"]["rows"]
+            node["inputs"]["rows"] = with_rows(rows, [{**r, "on": False} for r in stack_rows(rows)])
         elif node["class_type"] == "PatchbayLoraLoader":
             node["inputs"]["enabled"] = False
     return prompt
@@ -502,6 +514,7 @@ ABLATIONS = {
     "lora-stack-basic": rows_off,
     "lora-block-weights": lambda p: remove_nodes(p, "PatchbayLoraBlockWeights", "lora_stack"),
     "lora-schedule-bypass": lambda p: remove_nodes(p, "PatchbayLoraSchedule", "lora_stack"),
+    "lora-stack-loader": rows_off,
 }
 
 
@@ -516,6 +529,12 @@ def test_workflow_runs_on_tiny_model(stem, comfy, all_object_info, workflow_mode
         if node["class_type"] == "PatchbayLoraInfo":
             text = res.ui(nid, "text")[0]
             assert "coverage:" in text and "ERROR" not in text, text
+        elif node["class_type"] == "PatchbayLoraStackLoader":
+            rows = stack_rows(node["inputs"]["rows"])
+            (summary,) = res.ui(nid, "patchbay_summary")
+            on = sum(1 for r in rows if r["on"])
+            assert summary["text"].startswith(f"{on} of {len(rows)} on · ") and summary["missing"] == 0, summary
+            assert summary["matched"] == summary["keys"] > 0, summary
     without = comfy.client.queue(ABLATIONS[stem](prompt), timeout=240)
     assert latent_stats(without)["sha256"] != st["sha256"], \
         f"{stem}: the result does not change without the workflow's LoRA feature"

@@ -344,7 +344,3 @@ def format_block_weights(spec: Optional[BlockWeights]) -> str:
 def _num(value: float) -> str:
     value = float(value)
     return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-
-
-def preset_names() -> list[str]:
-    return list(PRESETS)

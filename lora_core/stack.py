@@ -59,14 +59,6 @@ class StackEntry:
     # (two stacks that differ only in ids apply the same LoRAs).
     row_id: Optional[str] = field(default=None, compare=False)
 
-    @property
-    def active_model(self) -> bool:
-        return self.enabled and self.strength_model != 0.0
-
-    @property
-    def active_clip(self) -> bool:
-        return self.enabled and self.strength_clip != 0.0
-
     def as_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {"on": self.enabled, "lora": self.lora,
                                "strength": self.strength_model, "strength_clip": self.strength_clip}
@@ -86,10 +78,6 @@ class LoraStack:
     def __add__(self, other: "LoraStack") -> "LoraStack":
         return LoraStack(self.entries + other.entries)
 
-    def active(self, part: str = "model") -> tuple[StackEntry, ...]:
-        pick = (lambda e: e.active_model) if part == "model" else (lambda e: e.active_clip)
-        return tuple(e for e in self.entries if pick(e))
-
     def with_entry(self, index: int, **changes: Any) -> "LoraStack":
         entries = list(self.entries)
         entries[index] = replace(entries[index], **changes)
@@ -97,9 +85,6 @@ class LoraStack:
 
     def to_rows(self) -> list[dict[str, Any]]:
         return [e.as_row() for e in self.entries]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_rows())
 
 
 def _number(row: dict, name: str, default: float, index: int) -> float:

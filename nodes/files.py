@@ -92,11 +92,6 @@ def _hash_matches(wanted: str, path: str) -> bool:
     return autov2 == wanted[:10] and sha.startswith(wanted)
 
 
-def file_hash(name: str) -> str:
-    """The sha256 of a listed LoRA (cached), for rows that want to carry it."""
-    return HASHES.get(resolve_path(name))[0]
-
-
 # ----------------------------------------------------------------- resolution
 
 def _full_path(name: str) -> Optional[str]:
@@ -218,10 +213,6 @@ def is_missing(entry: StackEntry) -> bool:
 def load(path: str) -> LoraFile:
     """Parse a LoRA file through the shared byte-bounded LRU (mtime/size aware)."""
     return open_lora(path, FILE_CACHE)
-
-
-def clear_cache() -> None:
-    FILE_CACHE.clear()
 
 
 # ----------------------------------------------------------------- coverage log

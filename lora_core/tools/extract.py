@@ -25,6 +25,7 @@ from .result import LayerReport, ToolResult
 from .svd import RankRule, low_rank
 from .writer import source_entry, tool_metadata
 
+# A file, or a mapping of tensors; a mapping with a ``shapes()`` method lists its shapes through it.
 StateDict = Union[str, Mapping[str, torch.Tensor]]
 
 
@@ -41,8 +42,10 @@ def extract(base: StateDict, tuned: StateDict, *, rank: Optional[int] = None, en
     naming = check_naming(naming)
     base_name, tuned_name = _label(base, "<base model>"), _label(tuned, "<fine-tuned model>")
     p0, p1 = load_model(base), load_model(tuned)
-    names = ModelNames({k: tuple(v.shape) for k, v in p0.items()})
-    keys = [k for k, v in p0.items() if v.is_floating_point()]
+    # A host may pass lazy mappings (weights computed on access) that list their shapes without computing.
+    shapes = p0.shapes() if hasattr(p0, "shapes") else {k: tuple(v.shape) for k, v in p0.items()}
+    names = ModelNames(shapes)
+    keys = list(shapes)
     missing = [k for k in keys if k not in p1]
     if len(missing) == len(keys):
         raise ShapeMismatchError("the two models share no parameter name", file=tuned_name,
@@ -59,6 +62,8 @@ def extract(base: StateDict, tuned: StateDict, *, rank: Optional[int] = None, en
         if key not in p1:
             continue
         w0, w1 = p0[key], p1[key]
+        if not (w0.is_floating_point() and w1.is_floating_point()):
+            continue
         if tuple(w0.shape) != tuple(w1.shape):
             raise ShapeMismatchError(f"shapes differ: {tuple(w0.shape)} in the base, {tuple(w1.shape)} in the "
                                      "fine-tune", file=tuned_name, key=key, fix="these are different architectures")

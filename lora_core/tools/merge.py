@@ -33,6 +33,7 @@ from ..plan import Contribution, build_plan
 from ..resolve.shapes import delta_shape
 from ..stack_delta import base_independent, concat_factors, group_by_rows, is_plain_lora, stack_delta
 from .modules import bias_tensors, factor_shapes, lora_tensors, peft_metadata
+from ..resolve.model import DIFFUSION
 from .naming import ModelNames, check_naming, detect_naming
 from .result import LayerReport, ToolResult
 from .svd import RankRule, low_rank, low_rank_of_product
@@ -44,10 +45,17 @@ Model = Union[None, str, Mapping[str, torch.Tensor]]
 
 @dataclass(frozen=True)
 class Source:
-    """One stack row: a LoRA file at a strength (``lora``: an already parsed file, optional)."""
+    """One stack row: a LoRA file at a strength (``lora``: an already parsed file, optional).
+
+    ``strength_clip``: the strength of the file's text-encoder modules (None: ``strength``).
+    """
     path: str
     strength: float = 1.0
     lora: Optional[LoraFile] = None
+    strength_clip: Optional[float] = None
+
+    def strength_for(self, text_encoder: bool) -> float:
+        return float(self.strength_clip if text_encoder and self.strength_clip is not None else self.strength)
 
 
 @dataclass
@@ -126,17 +134,20 @@ def _shape_without_model(lora: LoraFile, patch) -> tuple[int, ...]:
                         key=patch.name, fix="pass --model (the base model's safetensors) so it can be computed")
 
 
-def groups_by_name(loras: Sequence[LoraFile], strengths: Sequence[float]) -> list[Group]:
+def groups_by_name(loras: Sequence[LoraFile], sources: Sequence[Source]) -> list[Group]:
     """Modules matched by their names (every file in one naming, no model)."""
+    from ..resolve.model import TEXT_ENCODER
+    from ..resolve.table import file_component_class
     namings = {detect_naming(p.name for p in lora.patches) for lora in loras}
     if len(namings) > 1:
         raise PatchbayError(f"these LoRAs name their modules in different namings ({', '.join(sorted(namings))})",
                             fix="pass --model (the base model) so the modules can be matched, or convert them first")
     groups: dict[str, Group] = {}
-    for entry, (lora, strength) in enumerate(zip(loras, strengths)):
-        if strength == 0.0:
-            continue
+    for entry, (lora, source) in enumerate(zip(loras, sources)):
         for patch in lora.patches:
+            strength = source.strength_for(file_component_class(patch.name) == TEXT_ENCODER)
+            if strength == 0.0:
+                continue
             if patch.reshape is not None:
                 raise PatchbayError("a module that pads the weight (reshape_weight) cannot be merged",
                                     file=lora.path, key=patch.name)
@@ -163,13 +174,19 @@ def groups_by_name(loras: Sequence[LoraFile], strengths: Sequence[float]) -> lis
     return list(groups.values())
 
 
-def groups_from_model(loras: Sequence[LoraFile], strengths: Sequence[float], params: Mapping[str, torch.Tensor],
+def groups_from_model(loras: Sequence[LoraFile], sources: Sequence[Source], params: Mapping[str, torch.Tensor],
                       names: ModelNames, naming: str) -> list[Group]:
     """Modules matched through the resolver against a model; every patch must reach it."""
     from ..resolve import resolve_targets
     shapes = {k: tuple(v.shape) for k, v in params.items()}
     entries = []
-    for lora, strength in zip(loras, strengths):
+    def per_key(source: Source):
+        def strength(key: str) -> float:
+            mod = names.by_weight_key.get(key) or names.by_bias_key.get(key)
+            return source.strength_for(mod is not None and mod.component != DIFFUSION)
+        return strength
+
+    for lora, source in zip(loras, sources):
         report = resolve_targets(lora, shapes)
         missed = list(report.unmatched) + list(report.elsewhere)
         if missed:
@@ -183,7 +200,7 @@ def groups_from_model(loras: Sequence[LoraFile], strengths: Sequence[float], par
             if r.patch.reshape is not None:
                 raise PatchbayError("a module that pads the weight (reshape_weight) cannot be merged",
                                     file=lora.path, key=r.patch.name)
-        entries.append((report, float(strength), None))
+        entries.append((report, 1.0, per_key(source)))
     plan = build_plan(entries)
     groups: dict[str, Group] = {}
     for key, contribs in plan.items():
@@ -324,19 +341,18 @@ def merge(sources: Sequence[Source], *, rank: Optional[int] = None, energy: Opti
     rule = RankRule(rank, energy)
     loras = open_sources(sources)
     check_same_base(loras)
-    strengths = [float(s.strength) for s in sources]
     file_naming = detect_naming(p.name for p in loras[0].patches)
     naming = check_naming(naming) if naming else file_naming
     notes: list[str] = []
     if model is not None:
         params = load_model(model)
-        groups = groups_from_model(loras, strengths, params, ModelNames({k: tuple(v.shape) for k, v in
+        groups = groups_from_model(loras, sources, params, ModelNames({k: tuple(v.shape) for k, v in
                                                                           params.items()}), naming)
     else:
         if naming != file_naming:
             raise PatchbayError(f"renaming {file_naming} modules to {naming} needs the model",
                                 fix="pass --model (the base model's safetensors)")
-        groups = groups_by_name(loras, strengths)
+        groups = groups_by_name(loras, sources)
     out_dtype = output_dtype(loras, dtype)
     tensors, layers, meta = merge_groups(groups, rule, naming, out_dtype, progress)
     dense = sorted({k for l in layers if l.method == "dense-svd" for k in l.kinds})
@@ -346,7 +362,9 @@ def merge(sources: Sequence[Source], *, rank: Optional[int] = None, energy: Opti
     if any(l.method == "zero" for l in layers):
         notes.append("some modules cancel out exactly (ΔW = 0) and were left out")
     max_rank = max((l.rank for l in layers), default=0)
-    metadata = tool_metadata(tool, [source_entry(s.path, s.strength, with_hash=with_hashes) for s in sources],
+    metadata = tool_metadata(tool, [source_entry(s.path, s.strength, with_hash=with_hashes)
+                              | ({} if s.strength_clip is None else {"strength_clip": float(s.strength_clip)})
+                              for s in sources],
                              rank=max_rank or None,
                              extra={"rank_rule": {"rank": rank, "energy": energy}, "naming": naming})
     metadata.update(meta)

@@ -93,3 +93,28 @@ def test_resize_error_falls_with_rank_and_energy_rule(lycoris_kohya, params, tmp
     kept = resize(lycoris_kohya.path, energy=0.9)
     assert all(l.energy >= 0.9 - 1e-9 for l in kept.layers)
     assert kept.summary()["energy_min"] < 1.0
+
+
+def test_text_encoder_modules_take_the_clip_strength(tmp_path):
+    from safetensors.torch import save_file
+
+    from lora_core.formats import parse_file
+    from lora_core.kinds import delta_weight
+    g = torch.Generator().manual_seed(3)
+    t = {}
+    for name, (o, i) in {"lora_unet_mid_block_attentions_0_proj_in": (8, 8),
+                         "lora_te_text_model_encoder_layers_0_mlp_fc1": (16, 8)}.items():
+        t[name + ".lora_down.weight"] = torch.randn(2, i, generator=g)
+        t[name + ".lora_up.weight"] = torch.randn(o, 2, generator=g)
+        t[name + ".alpha"] = torch.tensor(1.0)
+    src = str(tmp_path / "both.safetensors")
+    save_file(t, src)
+    result = merge([Source(src, 0.5, strength_clip=2.0)])
+    out = _write(result, tmp_path, "both_merged.safetensors")
+    before = {p.name: delta_weight(p, torch.zeros(p.weight.up.shape[0], p.weight.down.shape[1]))
+              for p in parse_file(src).patches}
+    for p in parse_file(out).patches:
+        want = before[p.name] * (2.0 if p.name.startswith("lora_te_") else 0.5)
+        got = delta_weight(p, torch.zeros_like(want))
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), p.name
+    assert '"strength_clip": 2.0' in result.metadata["patchbay_sources"]

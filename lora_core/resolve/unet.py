@@ -20,8 +20,10 @@ attention block keep their names, and a ResNet block renames six children::
     skip_connection                  conv_shortcut
 
 Block numbers are read off the model's own keys (levels end at a
-downsampler/upsampler), so SD1's four levels and SDXL's three need no
-configuration.  Old diffusers attention-processor files add
+downsampler/upsampler; a middle block's children say which are ResNets), so
+SD1's four levels, SDXL's three, BK-SDM / KOALA without a middle block or
+with one ResNet per level, and SSD-1B / Vega with fewer transformer blocks
+need no configuration.  Old diffusers attention-processor files add
 ``….processor.to_q`` and ``….to_out`` spellings of ``to_q`` / ``to_out.0``.
 """
 from __future__ import annotations
@@ -50,10 +52,52 @@ _DIFF_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|
 _MID_DIFF = re.compile(r"^mid_block\.(resnets|attentions)\.(\d+)(?:\.(.*))?$")
 
 
+_RESNET_CHILDREN = frozenset(k.split(".")[0] for k in RESNET_LDM_TO_DIFFUSERS)
+
+
 def is_unet(index: ModelIndex) -> bool:
+    """An SD-style UNet: an input conv, then a down path and an up path or a
+    middle block (distilled UNets such as BK-SDM have no middle block)."""
     paths = index.component(DIFFUSION)
-    return ("input_blocks.0.0" in paths or "conv_in" in paths) and (
-        any(p.startswith(("middle_block.", "mid_block.")) for p in paths))
+    if not ("input_blocks.0.0" in paths or "conv_in" in paths):
+        return False
+    down = any(p.startswith(("input_blocks.1.", "down_blocks.")) for p in paths)
+    rest = any(p.startswith(("output_blocks.", "up_blocks.", "middle_block.", "mid_block.")) for p in paths)
+    return down and rest
+
+
+def _middle_maps(paths) -> dict[str, str]:
+    """ldm ``middle_block.n`` → diffusers ``mid_block.resnets.j`` / ``attentions.j``.
+
+    The ldm block is a sequence [ResNet, (attention), ResNet …], possibly cut
+    short (SSD-1B keeps one ResNet) or absent (BK-SDM); its children tell a
+    ResNet (``in_layers``, ``emb_layers`` …) from an attention block.
+    """
+    out: dict[str, str] = {}
+    ldm: dict[int, set[str]] = {}
+    for p in paths:
+        m = _MID_LDM.match(p)
+        if m:
+            ldm.setdefault(int(m.group(1)), set()).add((m.group(2) or "").split(".", 1)[0])
+    if ldm:
+        counts = {"resnets": 0, "attentions": 0}
+        for n in sorted(ldm):
+            kind = "resnets" if ldm[n] & _RESNET_CHILDREN else "attentions"
+            out[f"middle_block.{n}"] = f"mid_block.{kind}.{counts[kind]}"
+            counts[kind] += 1
+        return out
+    diff: dict[str, set[int]] = {}
+    for p in paths:
+        m = _MID_DIFF.match(p)
+        if m:
+            diff.setdefault(m.group(1), set()).add(int(m.group(2)))
+    n = 0
+    for j in range(max((max(v) for v in diff.values()), default=-1) + 1):
+        for kind in ("resnets", "attentions"):
+            if j in diff.get(kind, ()):
+                out[f"middle_block.{n}"] = f"mid_block.{kind}.{j}"
+                n += 1
+    return out
 
 
 def _block_maps(paths) -> tuple[dict[str, str], dict[str, str]]:
@@ -123,8 +167,7 @@ def _block_maps(paths) -> tuple[dict[str, str], dict[str, str]]:
             if ups[i].get("upsamplers"):
                 slot = 2 if ups[i].get("attentions") else 1
                 ldm_to_diff[f"output_blocks.{n}.{slot}.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
-    ldm_to_diff.update({"middle_block.0": "mid_block.resnets.0", "middle_block.1": "mid_block.attentions.0",
-                        "middle_block.2": "mid_block.resnets.1"})
+    ldm_to_diff.update(_middle_maps(paths))
     ldm_to_diff.update(TOP_LEVEL)
     return ldm_to_diff, {v: k for k, v in ldm_to_diff.items()}
 

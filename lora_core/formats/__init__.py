@@ -25,6 +25,7 @@ from ..errors import FormatError, LoraFileError
 from ..io import load_state_dict
 from ..jsontext import loads_bounded
 from ..ir import LoraFile, ModulePatch, UnusedKey
+from ..resolve.prefixes import prefix_label
 
 
 @dataclass
@@ -186,24 +187,12 @@ def parse_file(path: str) -> LoraFile:
     return parse_state_dict(tensors, metadata, path=os.fspath(path))
 
 
-PREFIX_LABELS = (
-    ("lora_unet_", "kohya"), ("lora_te", "kohya"), ("lora_prior_", "kohya"),
-    ("lora_transformer_", "onetrainer"), ("lycoris_", "lycoris"), ("oft_unet_", "kohya-oft"),
-    ("base_model.model.", "peft"), ("unet.", "diffusers"), ("transformer.", "diffusers"),
-    ("text_encoder", "diffusers"), ("diffusion_model.", "comfy"), ("text_encoders.", "comfy"),
-)
-
-
 def describe_format(patches: list[ModulePatch], converters: list[str], metadata: Mapping[str, str],
                     ctx: ParseContext) -> str:
     """A short human label such as ``kohya/lora+dora`` or ``xlabs-flux/lora``."""
     counts: dict[str, int] = {}
     for p in patches:
-        label = "bare"
-        for prefix, name in PREFIX_LABELS:
-            if p.name.startswith(prefix):
-                label = name
-                break
+        label = prefix_label(p.name)
         counts[label] = counts.get(label, 0) + 1
     family = "+".join(converters) if converters else (max(counts, key=counts.get) if counts else "empty")
     kinds = sorted({p.kind.value for p in patches if p.kind})

@@ -19,7 +19,7 @@
 * ``dora_scale`` combines with LoHa, LoKr and GLoRA (axis from the shape).
 
 PEFT saves LoHa/LoKr under the same names but without ``alpha``; their scale
-comes from ``adapter_config.json`` (see ``peft_tuners.tuner_config_scale``).
+comes from ``adapter_config.json`` (see ``_common.tuner_config_scale``).
 DyLoRA files are plain ``lora_up``/``lora_down`` and go through ``formats/lora.py``.
 """
 from __future__ import annotations
@@ -28,37 +28,27 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..errors import FormatError
 from ..ir import (BoftWeights, FullWeights, GloraWeights, Ia3Weights, LohaWeights, LokrWeights,
                   ModulePatch, OftWeights)
 from . import ParseContext, register_parser
-from .lora import bias_delta, dora_magnitude, reshape_target, resolve_scale, scalar
-from .peft_tuners import tuner_config_scale
+from ._common import (bad, bias_tensor, consumed_keys, dora_magnitude, reshape_target, resolve_scale, scalar,
+                      tuner_config_scale)
 
 Parts = Mapping[str, torch.Tensor]
 
 
-def _keys(module: str, consumed: set[str]) -> tuple[str, ...]:
-    return tuple(module + s for s in sorted(consumed))
-
-
 def _extras(ctx: ParseContext, module: str, parts: Parts, scale: float, consumed: set[str]) -> dict:
     """bias (a LoRA-style ``lora_B.bias`` takes the module scale, ``diff_b`` does not) and reshape."""
-    bias, lora_bias = bias_delta(parts, consumed)
+    bias, lora_bias = bias_tensor(parts, consumed)
     return dict(bias=bias, bias_scale=scale if lora_bias else 1.0,
                 reshape=reshape_target(ctx, module, parts, consumed))
-
-
-def _bad(ctx: ParseContext, module: str, message: str) -> FormatError:
-    return FormatError(message, file=ctx.path, key=module,
-                       fix="the file is damaged or was written by an unknown tool")
 
 
 def _require(ctx: ParseContext, module: str, parts: Parts, need: tuple[str, ...], kind: str) -> list:
     """The tensors of ``need``, or an error naming the missing suffixes."""
     missing = [s for s in need if s not in parts]
     if missing:
-        raise _bad(ctx, module, f"{kind} is incomplete: {missing} missing")
+        raise bad(ctx, module, f"{kind} is incomplete: {missing} missing")
     return [parts[s] for s in need]
 
 
@@ -94,29 +84,29 @@ class LohaParser:
         consumed = set(need)
         t1, t2 = parts.get(".hada_t1"), parts.get(".hada_t2")
         if (t1 is None) != (t2 is None):
-            raise _bad(ctx, module, "LoHa Tucker needs both hada_t1 and hada_t2")
+            raise bad(ctx, module, "LoHa Tucker needs both hada_t1 and hada_t2")
         if any(t.dim() < 2 for t in (w1a, w1b, w2a, w2b)):
-            raise _bad(ctx, module, "LoHa factors must be matrices")
+            raise bad(ctx, module, "LoHa factors must be matrices")
         if t1 is not None:
             consumed |= {".hada_t1", ".hada_t2"}
             # Tucker: w?a (r, out), w?b (r, in), t (r, r, k…)
             rank = int(w1b.shape[0])
             if (w1a.shape[0] != rank or t1.shape[0] != rank or t1.shape[1] != rank
                     or w2a.shape != w1a.shape or w2b.shape != w1b.shape or t2.shape != t1.shape):
-                raise _bad(ctx, module, "LoHa Tucker factor shapes disagree")
+                raise bad(ctx, module, "LoHa Tucker factor shapes disagree")
             out_features, in_features = int(w1a.shape[1]), int(w1b.shape[1])
         else:
             rank = int(w1b.shape[0])
             if (w1a.shape[1] != rank or w2a.shape[1] != w2b.shape[0] or w1a.shape[0] != w2a.shape[0]
                     or w1b.shape[1:] != w2b.shape[1:]):
-                raise _bad(ctx, module, f"LoHa factor shapes disagree: {tuple(w1a.shape)}, "
+                raise bad(ctx, module, f"LoHa factor shapes disagree: {tuple(w1a.shape)}, "
                                         f"{tuple(w1b.shape)}, {tuple(w2a.shape)}, {tuple(w2b.shape)}")
             out_features, in_features = int(w1a.shape[0]), None
         scale = factor_scale(ctx, module, parts, rank, consumed)
         dora = _dora(ctx, module, parts, out_features, in_features, consumed)
         extras = _extras(ctx, module, parts, scale, consumed)
         return (ModulePatch(name=module, weight=LohaWeights(w1a, w1b, w2a, w2b, t1, t2), scale=scale,
-                            dora=dora, keys=_keys(module, consumed), **extras), consumed)
+                            dora=dora, keys=consumed_keys(module, consumed), **extras), consumed)
 
 
 # ---------------------------------------------------------------- LoKr
@@ -139,9 +129,9 @@ class LokrParser:
         w1, w1a, w1b = take(".lokr_w1"), take(".lokr_w1_a"), take(".lokr_w1_b")
         w2, w2a, w2b, t2 = take(".lokr_w2"), take(".lokr_w2_a"), take(".lokr_w2_b"), take(".lokr_t2")
         if w1 is None and (w1a is None or w1b is None):
-            raise _bad(ctx, module, "LoKr w1 is missing (neither lokr_w1 nor both lokr_w1_a/b)")
+            raise bad(ctx, module, "LoKr w1 is missing (neither lokr_w1 nor both lokr_w1_a/b)")
         if w2 is None and (w2a is None or w2b is None):
-            raise _bad(ctx, module, "LoKr w2 is missing (neither lokr_w2 nor both lokr_w2_a/b)")
+            raise bad(ctx, module, "LoKr w2 is missing (neither lokr_w2 nor both lokr_w2_a/b)")
         if w1 is not None:
             consumed -= {".lokr_w1_a", ".lokr_w1_b"}
             w1a = w1b = None
@@ -150,9 +140,9 @@ class LokrParser:
             w2a = w2b = t2 = None
         weights = LokrWeights(w1=w1, w1a=w1a, w1b=w1b, w2=w2, w2a=w2a, w2b=w2b, t2=t2)
         if w1 is None and w1a.shape[1] != w1b.shape[0]:
-            raise _bad(ctx, module, f"LoKr w1 factors disagree: {tuple(w1a.shape)} · {tuple(w1b.shape)}")
+            raise bad(ctx, module, f"LoKr w1 factors disagree: {tuple(w1a.shape)} · {tuple(w1b.shape)}")
         if w2 is None and t2 is None and w2a.shape[1] != w2b.shape[0]:
-            raise _bad(ctx, module, f"LoKr w2 factors disagree: {tuple(w2a.shape)} · {tuple(w2b.shape)}")
+            raise bad(ctx, module, f"LoKr w2 factors disagree: {tuple(w2a.shape)} · {tuple(w2b.shape)}")
         out_features = _lokr_out(weights)
         if weights.decomposed:
             scale = factor_scale(ctx, module, parts, weights.rank, consumed)
@@ -171,7 +161,7 @@ class LokrParser:
         dora = _dora(ctx, module, parts, out_features, None, consumed)
         extras = _extras(ctx, module, parts, scale, consumed)
         return (ModulePatch(name=module, weight=weights, scale=scale, dora=dora,
-                            keys=_keys(module, consumed), **extras), consumed)
+                            keys=consumed_keys(module, consumed), **extras), consumed)
 
 
 def _lokr_out(w: LokrWeights) -> int:
@@ -198,7 +188,7 @@ class GloraParser:
         consumed = set(need)
         s = [tuple(t.shape) for t in (a1, a2, b1, b2)]
         if any(len(x) < 2 for x in s):
-            raise _bad(ctx, module, "GLoRA factors must be matrices")
+            raise bad(ctx, module, "GLoRA factors must be matrices")
         new = s[0][1] == s[1][0] == s[2][1] == s[3][0]
         old = s[0][0] == s[1][1] == s[2][0] == s[3][1]
         if new and old:
@@ -207,7 +197,7 @@ class GloraParser:
             old = s[0][0] < s[0][1]
             new = not old
         if not new and not old:
-            raise _bad(ctx, module, f"GLoRA shapes fit neither LyCORIS layout: {s}")
+            raise bad(ctx, module, f"GLoRA shapes fit neither LyCORIS layout: {s}")
         if old:
             a1, a2, b1, b2 = a2, a1, b2, b1
             ctx.note("old-layout GLoRA modules were rewritten to the current LyCORIS layout")
@@ -222,7 +212,7 @@ class GloraParser:
         dora = _dora(ctx, module, parts, out_features, in_features, consumed)
         extras = _extras(ctx, module, parts, scale, consumed)
         return (ModulePatch(name=module, weight=GloraWeights(a1, a2, b1, b2), scale=scale, dora=dora,
-                            keys=_keys(module, consumed), **extras), consumed)
+                            keys=consumed_keys(module, consumed), **extras), consumed)
 
 
 # ---------------------------------------------------------------- OFT / BOFT
@@ -249,9 +239,9 @@ class OftParser:
             weights = BoftWeights(blocks=blocks, layout="lycoris", constraint=constraint or 0.0,
                                   rescale=rescale)
         else:
-            raise _bad(ctx, module, f"OFT blocks must be (n, b, b) or (m, n, b, b), got {tuple(blocks.shape)}")
+            raise bad(ctx, module, f"OFT blocks must be (n, b, b) or (m, n, b, b), got {tuple(blocks.shape)}")
         extras = _extras(ctx, module, parts, 1.0, consumed)
-        return (ModulePatch(name=module, weight=weights, scale=1.0, keys=_keys(module, consumed),
+        return (ModulePatch(name=module, weight=weights, scale=1.0, keys=consumed_keys(module, consumed),
                             **extras), consumed)
 
 
@@ -264,7 +254,7 @@ class Ia3Parser:
 
     def parse(self, ctx: ParseContext, module: str, parts: Parts):
         if ".weight" not in parts:
-            raise _bad(ctx, module, "IA3 'on_input' without its 'weight'")
+            raise bad(ctx, module, "IA3 'on_input' without its 'weight'")
         flag = scalar(ctx, module, parts, ".on_input")
         w = parts[".weight"]
         # LyCORIS trains the increment w (W' = W ⊙ (1 + w)).  Kept in float64
@@ -273,7 +263,7 @@ class Ia3Parser:
         consumed = {".weight", ".on_input"}
         extras = _extras(ctx, module, parts, 1.0, consumed)
         return (ModulePatch(name=module, weight=Ia3Weights(vector=vector, on_input=bool(flag)),
-                            scale=1.0, keys=_keys(module, consumed), **extras), consumed)
+                            scale=1.0, keys=consumed_keys(module, consumed), **extras), consumed)
 
 
 # ---------------------------------------------------------------- dense kinds
@@ -300,14 +290,14 @@ class FullParser:
                 break
         lora_bias = False
         if bias is None:
-            bias, lora_bias = bias_delta(parts, consumed)
+            bias, lora_bias = bias_tensor(parts, consumed)
         if lora_bias:
             ctx.note("a lora_B.bias without its lora_A/lora_B pair was applied as a plain bias delta")
         reshape = reshape_target(ctx, module, parts, consumed)
         if weight is None and bias is None:
-            raise _bad(ctx, module, "module has neither a weight nor a bias delta")
+            raise bad(ctx, module, "module has neither a weight nor a bias delta")
         return (ModulePatch(name=module, weight=weight, scale=1.0, bias=bias, bias_scale=1.0,
-                            reshape=reshape, keys=_keys(module, consumed)), consumed)
+                            reshape=reshape, keys=consumed_keys(module, consumed)), consumed)
 
 
 for _parser in (LohaParser(), LokrParser(), GloraParser(), OftParser(), Ia3Parser(), FullParser()):

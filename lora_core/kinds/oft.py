@@ -87,6 +87,19 @@ def skew_from_packed(packed: torch.Tensor, block_size: int) -> torch.Tensor:
     return m - m.transpose(-1, -2)
 
 
+def coft_project(packed: torch.Tensor, block_size: int, eps: float) -> torch.Tensor:
+    """PEFT's COFT constraint on packed blocks: each skew block's Frobenius norm ≤ eps/√n.
+
+        Q_k ← Q_k · min(1, (eps/√n) / ‖Q_k‖_F)      returned packed again, in ``packed``'s dtype
+    """
+    q = skew_from_packed(packed, block_size)
+    bound = eps / (q.shape[0] ** 0.5)
+    norm = torch.linalg.norm(q, dim=(1, 2), keepdim=True)
+    q = torch.where(norm <= bound, q, q * (bound / norm))
+    rows, cols = torch.triu_indices(block_size, block_size, 1)
+    return q[:, rows, cols].to(packed.dtype)
+
+
 def packed_block_size(packed_len: int) -> int:
     """b with b(b−1)/2 == packed_len, or raise."""
     b = int(round((1 + (1 + 8 * packed_len) ** 0.5) / 2))

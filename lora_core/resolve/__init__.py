@@ -31,10 +31,12 @@ from typing import Mapping, Optional
 
 from ..ir import CoverageReport, LoraFile, ModulePatch, ResolvedPatch, Unmatched
 from ..kinds import changes_bias
+from . import clip, flux, ltx, qwen, sd3, unet, wan
+from .entries import Hint, Target
 from .family import detect_index_family, guess_family, label
-from .model import DIFFUSION, TE_IDENTITIES, TEXT_ENCODER, ModelIndex, build_index
+from .model import DIFFUSION, OTHER, TE_IDENTITIES, TEXT_ENCODER, ModelIndex, build_index
 from .shapes import bias_misfit, target_shape, weight_misfit
-from .table import AliasTable, Hint, Target, build_table, file_component_class
+from .table import AliasTable, file_component_class
 
 __all__ = ["resolve_targets", "detect_model_family", "guess_lora_family", "model_context"]
 
@@ -50,6 +52,28 @@ class ModelContext:
     index: ModelIndex
     family: Optional[str]
     table: AliasTable
+
+
+# The family tables, in the order their aliases are added (diffusion families, then
+# the text encoders); a new family is one module here and in family.py's detection.
+DIFFUSION_FAMILIES = (unet, sd3, flux, ltx, wan, qwen)
+TEXT_ENCODER_FAMILIES = (clip,)
+
+
+def build_table(index: ModelIndex, family: Optional[str]) -> AliasTable:
+    """The alias table of one model: its own paths first (a family alias never shadows
+    a real path), then every family's aliases."""
+    table = AliasTable(index)
+    for mod in index.modules.values():
+        table.exact[mod.name] = Target(mod)
+    for component, paths in index.by_component.items():
+        if component == OTHER:
+            continue
+        for path, mod in paths.items():
+            table.add(component, path, Target(mod))
+    for provider in DIFFUSION_FAMILIES + TEXT_ENCODER_FAMILIES:
+        table.add_all(provider.aliases(index, family))
+    return table
 
 
 def model_context(model_shapes: Mapping[str, tuple[int, ...]]) -> ModelContext:

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from ..ir import Slice
+from .entries import Alias, Hint, Target
 from .model import ModelIndex
-from .table import Alias, Hint, Target
+from .rules import fused_slices
 
 CLIPS = ("clip_l", "clip_g", "clip_h")
 _OPENCLIP_CHILDREN = {"attn.out_proj": "self_attn.out_proj", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
@@ -54,9 +54,8 @@ def _openclip(comp: str, path: str, mod) -> Iterator[Alias]:
     n, _, child = path[len("transformer.resblocks."):].partition(".")
     layer = f"text_model.encoder.layers.{n}"
     if child == "attn.in_proj":
-        h = int(mod.weight_shape[0]) // 3 if mod.weight_shape else 0
-        for i, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-            yield from _with_short(comp, f"{layer}.self_attn.{proj}", Target(mod, Slice(0, i * h, h)))
+        for proj, target in zip(("q_proj", "k_proj", "v_proj"), fused_slices(mod, 3)):
+            yield from _with_short(comp, f"{layer}.self_attn.{proj}", target)
     elif child in _OPENCLIP_CHILDREN:
         yield from _with_short(comp, f"{layer}.{_OPENCLIP_CHILDREN[child]}", Target(mod))
 

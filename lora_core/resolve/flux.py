@@ -34,9 +34,9 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 from ..ir import Slice
+from .entries import Alias, Hint, Target
 from .model import DIFFUSION, ModelIndex
-from .rules import Renames, renamed_aliases, rows
-from .table import Alias, Hint, Target
+from .rules import SPLIT_UNSUPPORTED, Renames, fused_slices, renamed_aliases, rows
 
 RENAMES = Renames([
     ("double_blocks.{n}.img_attn.proj", "transformer_blocks.{n}.attn.to_out.0"),
@@ -87,8 +87,6 @@ FLUX2_RENAMES = Renames([
 
 SWAPPED = Hint("unsupported kind", "diffusers norm_out.linear stores the scale and shift halves of "
                "final_layer.adaLN_modulation.1 in swapped order; this patch is not applied")
-FUSED_ON_SPLIT = ("the file patches a fused qkv/linear1 weight; this model keeps separate q/k/v "
-                  "projections and splitting the patch is not supported")
 
 
 def is_flux_original(index: ModelIndex) -> bool:
@@ -116,12 +114,11 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
             if len(parts) != 4 and not (len(parts) == 3 and parts[2] == "linear1"):
                 continue
             if parts[0] == "double_blocks" and parts[2] in ("img_attn", "txt_attn") and parts[3] == "qkv":
-                h = rows(mod) // 3
                 n = parts[1]
                 names = (("to_q", "to_k", "to_v") if parts[2] == "img_attn"
                          else ("add_q_proj", "add_k_proj", "add_v_proj"))
-                for i, name in enumerate(names):
-                    yield DIFFUSION, f"transformer_blocks.{n}.attn.{name}", Target(mod, Slice(0, i * h, h))
+                for name, target in zip(names, fused_slices(mod, 3)):
+                    yield DIFFUSION, f"transformer_blocks.{n}.attn.{name}", target
             elif parts[0] == "single_blocks" and parts[2] == "linear1":
                 n = parts[1]
                 # linear1 is (3h + mlp, h): [q; k; v; mlp-in] over the block's input
@@ -129,10 +126,9 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
                 h = int(mod.weight_shape[1]) if mod.weight_shape and len(mod.weight_shape) == 2 else 0
                 if not h:
                     continue
-                for i, name in enumerate(("to_q", "to_k", "to_v")):
-                    yield (DIFFUSION, f"single_transformer_blocks.{n}.attn.{name}",
-                           Target(mod, Slice(0, i * h, h)))
-                yield DIFFUSION, f"single_transformer_blocks.{n}.proj_mlp", Target(mod, Slice(0, 3 * h, total - 3 * h))
+                names = ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")
+                for name, target in zip(names, fused_slices(mod, (h, h, h, total - 3 * h))):
+                    yield DIFFUSION, f"single_transformer_blocks.{n}.{name}", target
                 yield DIFFUSION, f"single_blocks.{n}.linear1_qkv", Target(mod, Slice(0, 0, 3 * h))
     elif is_flux_diffusers(index):
         yield from renamed_aliases(index, RENAMES, model_is_original=False)
@@ -141,8 +137,8 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
             parts = path.split(".")
             if parts[0] == "transformer_blocks" and len(parts) == 4 and parts[2:] == ["attn", "to_q"]:
                 for which in ("img_attn", "txt_attn"):
-                    yield DIFFUSION, f"double_blocks.{parts[1]}.{which}.qkv", Hint("unsupported kind", FUSED_ON_SPLIT)
+                    yield DIFFUSION, f"double_blocks.{parts[1]}.{which}.qkv", SPLIT_UNSUPPORTED
             if parts[0] == "single_transformer_blocks" and len(parts) == 4 and parts[2:] == ["attn", "to_q"]:
-                yield DIFFUSION, f"single_blocks.{parts[1]}.linear1", Hint("unsupported kind", FUSED_ON_SPLIT)
-                yield DIFFUSION, f"single_blocks.{parts[1]}.linear1_qkv", Hint("unsupported kind", FUSED_ON_SPLIT)
+                yield DIFFUSION, f"single_blocks.{parts[1]}.linear1", SPLIT_UNSUPPORTED
+                yield DIFFUSION, f"single_blocks.{parts[1]}.linear1_qkv", SPLIT_UNSUPPORTED
 

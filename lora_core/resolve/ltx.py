@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
+from .entries import Alias, Target
 from .model import DIFFUSION, ModelIndex
-from .table import Alias, Target
 
 SEGMENTS = {
     "patchify_proj": "proj_in",

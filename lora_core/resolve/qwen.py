@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from ..ir import Slice
+from .entries import Alias
 from .model import DIFFUSION, ModelIndex
-from .rules import Renames, renamed_aliases, rows
-from .table import Alias, Hint, Target
+from .rules import SPLIT_UNSUPPORTED, Renames, fused_slices, renamed_aliases, rows
 
 _REFINED = ("layers", "noise_refiner", "context_refiner")
 Z_RENAMES = Renames(
@@ -62,12 +61,10 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
             q = int(out.weight_shape[1]) if out is not None and out.weight_shape and len(out.weight_shape) == 2 \
                 else total // 3
             kv = (total - q) // 2
-            for name, start, length in (("to_q", 0, q), ("to_k", q, kv), ("to_v", q + kv, kv)):
-                yield DIFFUSION, f"{block}.{name}", Target(mod, Slice(0, start, length))
+            for name, target in zip(("to_q", "to_k", "to_v"), fused_slices(mod, (q, kv, kv))):
+                yield DIFFUSION, f"{block}.{name}", target
     elif is_z_image_diffusers(index):
         yield from renamed_aliases(index, Z_RENAMES, model_is_original=False)
-        hint = Hint("unsupported kind", "the file patches the fused attention.qkv; this model keeps separate "
-                    "q/k/v projections and splitting the patch is not supported")
         for path in paths:
             if path.endswith(".attention.to_q"):
-                yield DIFFUSION, path[: -len(".to_q")] + ".qkv", hint
+                yield DIFFUSION, path[: -len(".to_q")] + ".qkv", SPLIT_UNSUPPORTED

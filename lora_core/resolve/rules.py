@@ -1,4 +1,4 @@
-"""Small helpers the family tables share: templated renames and row counts.
+"""Small helpers the family tables share: templated renames, row counts, fused-qkv slices.
 
 A rename is a pair of templates, original naming first, diffusers second, in
 which ``{n}`` stands for a block number, e.g.
@@ -9,10 +9,16 @@ A template matches a whole module path, or a path prefix when it ends with
 from __future__ import annotations
 
 import re
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
+from ..ir import Slice
+from .entries import Alias, Hint, Target
 from .model import DIFFUSION, ModelIndex, Module
-from .table import Alias, Target
+
+# A file trained on a fused weight (q, k and v in one module) met by a model with
+# separate projections: the one hint every family gives for it.
+SPLIT_UNSUPPORTED = Hint("unsupported kind", "the file patches a fused weight (q, k and v in one module); "
+                         "this model keeps separate q/k/v projections and splitting the patch is not supported")
 
 
 def _compile(template: str) -> tuple[re.Pattern, str]:
@@ -57,3 +63,18 @@ def renamed_aliases(index: ModelIndex, renames: Renames, model_is_original: bool
 
 def rows(mod: Optional[Module]) -> int:
     return int(mod.weight_shape[0]) if mod is not None and mod.weight_shape else 0
+
+
+def fused_slices(fused: Module, parts: Union[int, Sequence[int]]) -> tuple[Target, ...]:
+    """Targets for consecutive row slices of a fused weight (q, k, v[, mlp] laid end to end).
+
+    ``parts``: the number of equal parts, or each part's row count.
+    """
+    if isinstance(parts, int):
+        h = rows(fused) // parts
+        parts = [h] * parts
+    out, start = [], 0
+    for length in parts:
+        out.append(Target(fused, Slice(0, start, int(length))))
+        start += int(length)
+    return tuple(out)

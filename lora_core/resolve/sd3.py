@@ -23,10 +23,9 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from ..ir import Slice
 from .model import DIFFUSION, ModelIndex
-from .rules import Renames, renamed_aliases, rows
-from .table import Alias, Hint, Target
+from .entries import Alias, Hint, Target
+from .rules import SPLIT_UNSUPPORTED, Renames, fused_slices, renamed_aliases
 
 _J = "joint_blocks.{n}."
 _T = "transformer_blocks.{n}."
@@ -55,8 +54,6 @@ RENAMES = Renames([
 ])
 SWAPPED = ("diffusers stores the scale and shift halves of this adaLN modulation in swapped order; "
            "this patch is not applied")
-FUSED_ON_SPLIT = ("the file patches a fused qkv weight; this model keeps separate q/k/v projections "
-                  "and splitting the patch is not supported")
 _FUSED = {
     "x_block.attn.qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
     "context_block.attn.qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
@@ -89,9 +86,8 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
                 continue
             n, inner = parts[1], parts[2]
             if inner in _FUSED:
-                h = rows(mod) // 3
-                for i, name in enumerate(_FUSED[inner]):
-                    yield DIFFUSION, f"transformer_blocks.{n}.{name}", Target(mod, Slice(0, i * h, h))
+                for name, target in zip(_FUSED[inner], fused_slices(mod, 3)):
+                    yield DIFFUSION, f"transformer_blocks.{n}.{name}", target
             elif inner == "context_block.adaLN_modulation.1":
                 entry = Hint("unsupported kind", SWAPPED) if int(n) == last else Target(mod)
                 yield DIFFUSION, f"transformer_blocks.{n}.norm1_context.linear", entry
@@ -109,4 +105,4 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
                 yield DIFFUSION, f"joint_blocks.{parts[1]}.context_block.adaLN_modulation.1", entry
             for fused, separate in _FUSED.items():
                 if parts[2] == separate[0]:
-                    yield DIFFUSION, f"joint_blocks.{parts[1]}.{fused}", Hint("unsupported kind", FUSED_ON_SPLIT)
+                    yield DIFFUSION, f"joint_blocks.{parts[1]}.{fused}", SPLIT_UNSUPPORTED

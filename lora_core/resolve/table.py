@@ -7,89 +7,33 @@ Built once per model (cached by its key set and shapes) from
    ``qwen``), which add the *other* naming of the same module (diffusers ↔
    original), with a :class:`~lora_core.ir.Slice` for fused targets, and
    :class:`Hint` entries for names they recognise but cannot place;
-3. the file-prefix rules below, applied at lookup time: a file name is split
-   into a known prefix and the rest, and the rest is looked up dotted
-   (``unet.``, ``transformer.``, ``diffusion_model.``…) or flattened
-   (``lora_unet_``, ``lycoris_``…: the path with ``.`` → ``_``).  Flattened
-   names are only ever matched against flattened aliases, never reversed.
+3. the file-prefix rules (:mod:`.prefixes`), applied at lookup time: a file
+   name is split into a known prefix and the rest, and the rest is looked up
+   dotted or flattened.
+
+The entry types live in :mod:`.entries`; :func:`lora_core.resolve.build_table`
+fills a table from the family modules.
 """
 from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional
 
-from ..ir import Slice
-from .model import DIFFUSION, OTHER, TEXT_ENCODER, ModelIndex, Module
+from .entries import Alias, Entry, Hint, Target
+from .model import DIFFUSION, TEXT_ENCODER, ModelIndex
+from .prefixes import DOTTED, FILE_PREFIXES, FLAT, TE_FILE_PREFIXES
 
-DOTTED = "dotted"
-FLAT = "flat"
-ALL_TE = ("clip_l", "clip_g", "clip_h", "t5", TEXT_ENCODER)
+__all__ = ["AliasTable", "split_prefix", "file_component_class", "DOTTED", "FLAT", "Target", "Hint", "Entry",
+           "Alias"]
 
-
-@dataclass(frozen=True)
-class Target:
-    module: Module
-    slice: Optional[Slice] = None
-
-
-@dataclass(frozen=True)
-class Hint:
-    """A name a family recognises but cannot place on this model.
-
-    ``shadows``: the hint wins over the model's own module of the same name
-    (OpenCLIP's ``text_projection`` is spelled like HF's but stored transposed).
-    """
-    reason: str
-    detail: str
-    shadows: bool = False
-
-
-Entry = Union[Target, Hint]
-# What a family module yields: (component, alias path, entry).
-Alias = tuple[str, str, Entry]
-
-# (file prefix, style, components it may address).  Longest prefix first; a
-# prefix that matches but finds nothing falls through to the next one.
-FILE_PREFIXES: tuple[tuple[str, str, tuple[str, ...]], ...] = tuple(sorted((
-    ("lora_unet__", FLAT, (DIFFUSION,)),  # Wan-Fun's double underscore
-    ("lora_unet_", FLAT, (DIFFUSION,)),
-    ("lora_prior_unet_", FLAT, (DIFFUSION,)),
-    ("lora_transformer_", FLAT, (DIFFUSION,)),
-    ("lycoris_", FLAT, (DIFFUSION,) + ALL_TE),
-    ("oft_unet_", FLAT, (DIFFUSION,)),
-    ("lora_te_", FLAT, ("clip_l", "clip_h", "clip_g")),
-    ("lora_te1_", FLAT, ("clip_l", "t5")),
-    ("lora_te2_", FLAT, ("clip_g", "t5")),
-    ("lora_te3_", FLAT, ("t5",)),
-    ("lora_prior_te_", FLAT, ("clip_g",)),
-    ("model.diffusion_model.", DOTTED, (DIFFUSION,)),
-    ("diffusion_model.", DOTTED, (DIFFUSION,)),
-    ("unet.base_model.model.", DOTTED, (DIFFUSION,)),
-    ("base_model.model.", DOTTED, (DIFFUSION,) + ALL_TE),
-    ("unet.", DOTTED, (DIFFUSION,)),
-    ("transformer.", DOTTED, (DIFFUSION,)),
-    ("model.", DOTTED, (DIFFUSION,)),
-    ("text_encoder.", DOTTED, ("clip_l", "clip_h", TEXT_ENCODER)),
-    ("text_encoder_2.", DOTTED, ("clip_g", "t5", TEXT_ENCODER)),
-    ("text_encoder_3.", DOTTED, ("t5", TEXT_ENCODER)),
-    ("text_encoders.clip_l.transformer.", DOTTED, ("clip_l",)),
-    ("text_encoders.clip_g.transformer.", DOTTED, ("clip_g",)),
-    ("text_encoders.clip_h.transformer.", DOTTED, ("clip_h",)),
-    ("text_encoders.t5xxl.transformer.", DOTTED, ("t5",)),
-    ("text_encoders.t5base.transformer.", DOTTED, ("t5",)),
-    ("", DOTTED, (DIFFUSION,) + ALL_TE),
-), key=lambda r: len(r[0]), reverse=True))
-
-TE_FILE_PREFIXES = ("lora_te", "lora_prior_te_", "text_encoder", "text_encoders.")
-_RULES = {prefix: (style, comps) for prefix, style, comps in FILE_PREFIXES}
+_RULES = {row.prefix: (row.style, row.components) for row in FILE_PREFIXES}
 _HEAD = re.compile(r"[^._]*")
 # first word of a prefix → its prefixes, longest first (a cheap dispatch per name)
 _BY_HEAD: dict[str, list[str]] = {}
-for _prefix, _, _ in FILE_PREFIXES:
-    if _prefix:
-        _BY_HEAD.setdefault(_HEAD.match(_prefix).group(0), []).append(_prefix)
+for _row in FILE_PREFIXES:
+    if _row.prefix:
+        _BY_HEAD.setdefault(_HEAD.match(_row.prefix).group(0), []).append(_row.prefix)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -170,21 +114,3 @@ class AliasTable:
 
 def _comp(entry: Entry) -> Optional[str]:
     return entry.module.component if isinstance(entry, Target) else None
-
-
-def build_table(index: ModelIndex, family: Optional[str]) -> AliasTable:
-    from . import clip, flux, ltx, qwen, sd3, unet, wan
-
-    table = AliasTable(index)
-    for mod in index.modules.values():
-        table.exact[mod.name] = Target(mod)
-    # The model's own naming first, so a family alias never shadows a real path.
-    for component, paths in index.by_component.items():
-        if component == OTHER:
-            continue
-        for path, mod in paths.items():
-            table.add(component, path, Target(mod))
-    for provider in (unet, sd3, flux, ltx, wan, qwen):
-        table.add_all(provider.aliases(index, family))
-    table.add_all(clip.aliases(index, family))
-    return table

@@ -31,8 +31,8 @@ from __future__ import annotations
 import re
 from typing import Iterator, Optional
 
+from .entries import Alias, Target
 from .model import DIFFUSION, ModelIndex
-from .table import Alias, Target
 
 FAMILIES = ("sd1", "sd2", "sdxl", "unet")
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
+from .entries import Alias, Hint
 from .model import DIFFUSION, ModelIndex
 from .rules import Renames, renamed_aliases
-from .table import Alias, Hint
 
 I2V_ONLY = "I2V-only key; the model is T2V"
 

@@ -12,6 +12,7 @@ clones) lives in this package, one module per concern:
 * ``hooks``: conditioning hooks and model attachments (IC-LoRA);
 * ``clip``: the text encoder's patcher;
 * ``per_sample``: per-sample bypass strengths (one batch renders several strengths).
+* ``weights``: the weights a patcher samples with, read without changing it (LoRA extraction).
 
 Node modules translate widgets into engine calls and calls of the names
 below, nothing else.  Design notes per host version: docs/host.md.
@@ -27,6 +28,7 @@ from .merge import (ADAPTER_NAME, DELTA_CACHES, FACTOR_CACHE, PatchbayAdapter, a
 from .per_sample import entry_offset, with_per_sample_strengths
 from .probe import is_quantized, model_shapes, module_at, prefers_bypass, resolve_for
 from .wrappers import SCHEDULE_WRAPPER_KEY, attach_schedules
+from .weights import sampled_weights
 
 __all__ = [
     "BYPASS_KEY_PREFIX", "add_bypass", "bypass_injection", "bypass_into", "bypass_supported_keys", "with_strengths",
@@ -34,5 +36,5 @@ __all__ = [
     "attachment", "decorated_model", "has_our_hook", "with_sampling_hook", "without_our_hook",
     "ADAPTER_NAME", "DELTA_CACHES", "FACTOR_CACHE", "PatchbayAdapter", "add_merge_patches", "cached_delta",
     "clear_caches", "merge_into", "is_quantized", "model_shapes", "module_at", "prefers_bypass", "resolve_for",
-    "SCHEDULE_WRAPPER_KEY", "attach_schedules", "entry_offset", "with_per_sample_strengths",
+    "SCHEDULE_WRAPPER_KEY", "attach_schedules", "sampled_weights", "entry_offset", "with_per_sample_strengths",
 ]

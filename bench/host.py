@@ -20,8 +20,14 @@ for both and left out):
   slow and unrepresentative);
 * strength 0: the node returns its input (no clone, nothing to load).
 
-Usage: python bench/host.py [--comfy ~/ComfyUI] [--layers 100] [--repeat 3]
-Prints ratios and a final JSON line.
+Usage: python bench/host.py [--comfy ~/ComfyUI] [--layers 100] [--repeat 3] [--threads 2]
+       [--quick] [--device cpu|cuda]
+Thread count is fixed inside (``torch.set_num_threads``, default 2) so runs
+compare; ``--quick`` is a smoke run (fewer layers, one repeat); ``--device
+cuda`` runs ComfyUI without ``--cpu`` with the model loaded on the GPU
+(skips cleanly when CUDA is missing).  Prints ratios and a final JSON line
+whose ``rows`` hold the issue-11 ratios: ``stack_slider_core_vs_ours``,
+``one_lora_slider_core_vs_ours``, ``bypass_fwd_vs_merged``.
 """
 from __future__ import annotations
 
@@ -36,9 +42,14 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (rank, strength, first layer, end layer or None = all)
-LORAS = ((8, 0.8, 0, None), (16, 0.6, 0, None), (32, 0.5, 0, 25), (64, 0.7, 0, None))
+LORAS = ((8, 0.8, 0, None), (16, 0.6, 0, None), (32, 0.5, 0, "quarter"), (64, 0.7, 0, None))
 RANKS = tuple(r for r, *_ in LORAS)
 QUARTER = 2
+
+
+def _end(hi, n):
+    """End layer of a LoRA: all layers, or the first quarter (the "quarter LoRA")."""
+    return n if hi is None else max(1, n // 4)
 
 
 def parse_args():
@@ -49,16 +60,27 @@ def parse_args():
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=512, help="tokens per forward (bypass step cost)")
     ap.add_argument("--step-layers", type=int, default=16, help="fp32 layers for the per-step cost")
-    return ap.parse_args()
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (fixed for comparable runs)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 24 layers, one repeat")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = ap.parse_args()
+    if args.quick:
+        args.layers, args.repeat, args.step_layers = min(args.layers, 24), 1, min(args.step_layers, 8)
+    return args
 
 
 def main():
     args = parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("CUDA not available: skipped")
+        print(json.dumps({"device": "cuda", "skipped": True}))
+        return
     sys.path.insert(0, args.comfy)
-    argv, sys.argv = sys.argv, [sys.argv[0], "--cpu"]
+    argv, sys.argv = sys.argv, [sys.argv[0]] + (["--cpu"] if args.device == "cpu" else [])
     import comfy.options
     comfy.options.enable_args_parsing()
-    import torch
     import folder_paths
     import comfy.lora
     import comfy.model_management as mm
@@ -82,7 +104,7 @@ def main():
     names = []
     for r, _, lo, hi in LORAS:
         sd = {}
-        for i in range(lo, n if hi is None else min(hi, n)):
+        for i in range(lo, _end(hi, n)):
             k = f"lora_unet_blocks_{i}"
             sd[f"{k}.lora_up.weight"] = (torch.randn(dim, r, generator=g) * 0.02).half()
             sd[f"{k}.lora_down.weight"] = (torch.randn(r, dim, generator=g) * 0.02).half()
@@ -108,9 +130,9 @@ def main():
         for b in net.diffusion_model.blocks:
             b.weight.normal_(0, dim ** -0.5)
     cpu = torch.device("cpu")
-    base = comfy.model_patcher.ModelPatcher(net, cpu, cpu)
+    dev = torch.device(args.device)
+    base = comfy.model_patcher.ModelPatcher(net, dev, cpu)
     base_sd = {k: v.clone() for k, v in net.state_dict().items()}
-    x = torch.randn(args.tokens, dim, generator=g).half()
     key_map = {f"lora_unet_blocks_{i}": f"diffusion_model.blocks.{i}.weight" for i in range(n)}
     core_files = {}
 
@@ -129,6 +151,8 @@ def main():
 
     def first_step(patcher):
         mm.load_models_gpu([patcher], force_full_load=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def chain(loader, prefix, names_, strengths, **kw):
         # prefix: the cached upstream outputs; only the rest re-executes
@@ -184,14 +208,17 @@ def main():
             for _ in range(3):
                 t0 = time.perf_counter()
                 patcher.model(xs)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
                 ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
     results = {"layers": n, "dim": dim, "ranks": list(RANKS), "host": ".".join(map(str, host.HOST_VERSION))}
     print(f"ComfyUI {results['host']} at {args.comfy}; {n} × Linear({dim},{dim}) fp16; LoRAs "
-          + ", ".join(f"r{r}@{s_} layers {lo}–{(hi or n) - 1}" for r, s_, lo, hi in LORAS))
+          + ", ".join(f"r{r}@{s_} layers {lo}–{_end(hi, n) - 1}" for r, s_, lo, hi in LORAS))
     results["max_rel_err_vs_core"] = check_same_as_core(names, [0.8, -0.5, 1.1, 0.6])
-    print(f"ΔW cache budget {host.DELTA_CACHES['cpu'].max_bytes >> 20} MiB")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}, load average "
+          f"{os.getloadavg()[0]:.1f} (timings are only meaningful on an idle machine)")
     print(f"weights vs core LoraLoader chain: max |ours−core| / max|ΔW| = {results['max_rel_err_vs_core']:.2e}")
 
     strengths = [s for _, s, _, _ in LORAS]
@@ -222,8 +249,8 @@ def main():
         net32 = Net(args.step_layers).float()
         for b32, b16 in zip(net32.diffusion_model.blocks, net.diffusion_model.blocks):
             b32.weight.copy_(b16.weight.float())
-    base32 = comfy.model_patcher.ModelPatcher(net32, cpu, cpu)
-    x32 = torch.randn(args.tokens, dim, generator=g)
+    base32 = comfy.model_patcher.ModelPatcher(net32, dev, cpu)
+    x32 = torch.randn(args.tokens, dim, generator=g).to(dev)
     merged = chain(ours_loader, base32, names, strengths)
     bypass = chain(ours_loader, base32, names, strengths, mode="bypass")
     results["step_merged_s"] = forward_time(merged, x32)
@@ -244,8 +271,15 @@ def main():
     ok = results["stack_speedup"] >= 3.0
     results["target_3x_met"] = ok
     print(f"target ≥3× on the stack slider change: {'met' if ok else 'NOT met'}")
-    print(f"ΔW cache: {host.DELTA_CACHES['cpu'].hits} hits, {host.DELTA_CACHES['cpu'].misses} misses, "
-          f"{host.DELTA_CACHES['cpu'].bytes >> 20} MiB held")
+    cache = host.DELTA_CACHES.get(str(dev)) or host.DELTA_CACHES.get("cpu")
+    if cache is not None:
+        print(f"ΔW cache ({dev}): {cache.hits} hits, {cache.misses} misses, {cache.bytes >> 20} MiB held, "
+              f"budget {cache.max_bytes >> 20} MiB")
+    results["device"] = str(dev)
+    results["threads"] = torch.get_num_threads()
+    results["rows"] = {"stack_slider_core_vs_ours": round(results["stack_speedup"], 3),
+                       "one_lora_slider_core_vs_ours": round(results["one_speedup"], 3),
+                       "bypass_fwd_vs_merged": round(results["bypass_step_overhead"], 3)}
     print(json.dumps(results))
 
 

@@ -109,7 +109,7 @@ def extract(base: StateDict, tuned: StateDict, *, rank: Optional[int] = None, en
             skipped_1d += 1
         else:
             tensors[name + ".diff_b"] = b
-            if name not in ranks:
+            if name not in ranks and name + ".diff" not in tensors:
                 layers.append(LayerReport(name, "bias", 0, kinds=("bias",)))
     if not tensors:
         raise PatchbayError("the fine-tuned model does not differ from the base", file=tuned_name,

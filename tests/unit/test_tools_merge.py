@@ -4,6 +4,8 @@ import torch
 
 from fixtures.lora_files import diffusers_unet_lora, lycoris_kohya  # noqa: F401  (session fixtures)
 from fixtures.lycoris_files import kohya_file
+from lora_core.formats import parse_file
+from lora_core.resolve import resolve_targets
 from lora_core.tools.merge import Source, merge
 from lora_core.tools.resize import resize
 from lora_core.tools.writer import write_lora
@@ -57,10 +59,11 @@ def test_svd_merge_error_is_reported_true_and_falls_with_rank(lycoris_kohya, dif
         out = _write(result, tmp_path, f"r{rank}.safetensors")
         got = loaded_deltas([(out, 1.0)], params)
         by_name = {l.name: l for l in result.layers}
-        for layer in result.layers[:10]:  # the reported error is the measured one
-            key = next(k for k in exact if k.replace("_", ".").startswith(layer.name[len("lora.unet."):].replace("_", ".")))
+        report = resolve_targets(parse_file(out), {k: tuple(v.shape) for k, v in params.items()})
+        for placed in report.matched:  # the reported error is the measured one, layer by layer
+            key = placed.weight_key
             measured = float((got[key] - exact[key]).norm() / exact[key].norm())
-            assert measured == pytest.approx(layer.rel_error, abs=2e-3), layer.name
+            assert measured == pytest.approx(by_name[placed.patch.name].rel_error, abs=2e-3), key
         assert all(l.rank <= rank for l in by_name.values())
         worst.append(result.summary()["rel_error"]["mean"])
     assert worst[0] > worst[1] > worst[2]

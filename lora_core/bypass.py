@@ -2,12 +2,17 @@
 
     y = f(x) + Σᵢ sᵢ·hᵢ(x)
 
-* Plain LoRAs on one module are rank-concatenated, so x is read once:
-  ``z = A_cat·x`` (R = Σ rᵢ), ``z ← z ⊙ s_rank``, ``y[slice] += B_cat·z`` with
-  each file's alpha/rank folded into its B block and ``s_rank`` the entry
-  strength × block multiplier repeated over the entry's rank segment.  Conv
-  layers run A as a conv with the layer's stride/padding/dilation and B as a
-  1×1 conv.
+* Plain LoRAs on one module are rank-concatenated, so x is read once and
+  written once: ``z = A_cat·x`` (R = Σ rᵢ), ``y += U·z`` with
+  ``U = B_cat·diag(s_rank)`` — one GEMM down, one GEMM up.  ``B_cat`` holds
+  each file's alpha/rank and block multiplier, zero rows outside a fused-qkv
+  slice (kept per slice instead when padding would more than double the up
+  GEMM); ``s_rank`` is the entry strength repeated over the entry's ranks.
+  When all samples share one strength, ``U`` is cached in the activation
+  dtype per strength state (the strength tensor's version counter), so a
+  forward costs the two GEMMs and nothing else; per-sample strengths scale
+  ``z`` row-wise instead.  Conv layers run A as a conv with the layer's
+  stride/padding/dilation and B as a 1×1 conv.
 * Kinds with an output side path in the kinds table (LyCORIS OFT/BOFT rotate
   the output, output-axis IA3 scales it) add ``s·(side(y₀) − side(b))`` with
   y₀ the frozen layer's output: no weight is read (``kinds/side.py``).
@@ -114,6 +119,7 @@ class _State:
     rank_entry: Optional[Tensor] = None  # (R,) long: handle column of each rank
     rank_mult: Optional[Tensor] = None   # (R,) fp32 multiplier of each rank
     loras: list[_LoraSlice] = field(default_factory=list)
+    up: Optional[Tensor] = None          # (R, out) fp32: every B fused (multipliers folded), or None
     dense: list[_Dense] = field(default_factory=list)
     outputs: list[_Output] = field(default_factory=list)
     biases: list[_Bias] = field(default_factory=list)
@@ -252,18 +258,7 @@ def _add_side(module: nn.Module, state: _State, x: Tensor, y: Tensor) -> Tensor:
         # Output side paths read y₀, so they are all computed before anything is added.
         mapped = [(o, _mapped(state, o, y2, -1, device)) for o in state.outputs]
         if state.a is not None:
-            a = state.cast(state.a, "a", device, dtype)
-            z = F.linear(x2, a)
-            s_rank = s_all.index_select(-1, state.cast(state.rank_entry, "re", device, torch.long))
-            s_rank = (s_rank * state.cast(state.rank_mult, "rm", device, torch.float32)).to(dtype)
-            if per_sample:
-                z.view(batch, -1, z.shape[-1]).mul_(s_rank.unsqueeze(1))
-            else:
-                z.mul_(s_rank)
-            for seg in state.loras:
-                b = state.cast(seg.b, f"b{seg.start}", device, dtype)
-                target = y2 if seg.slice is None else y2[:, seg.slice.start:seg.slice.start + seg.slice.length]
-                target.addmm_(z[:, seg.start:seg.stop], b.t())
+            _add_lora_linear(state, x2, y2, s_all, per_sample, batch, device, dtype)
         for d in state.dense:
             h = F.linear(x2, state.cast(d.delta, f"d{id(d)}", device, dtype))
             _add_linear(y2, h, d.slice, _entry_strength(state, s_all, d.entry, d.mult), batch, dtype)
@@ -296,6 +291,75 @@ def _add_side(module: nn.Module, state: _State, x: Tensor, y: Tensor) -> Tensor:
         _add_conv(y, v.view(1, -1, *([1] * (y.dim() - 2))), bb.slice,
                   _entry_strength(state, s_all, bb.entry, bb.mult), batch, dtype)
     return y
+
+
+def _add_lora_linear(state: _State, x2: Tensor, y2: Tensor, s_all: Tensor, per_sample: bool, batch: int,
+                     device: torch.device, dtype: torch.dtype) -> None:
+    """``y2 += (B_cat·diag(s_rank))·(A_cat·x2)``: one GEMM down, one up (per slice when not fused)."""
+    a_t = state.cast(state.a, "a", device, dtype).t()
+    eager = not _compiling()
+    if eager and not torch.is_grad_enabled():  # inference: z in a reused buffer, no allocation per call
+        key = ("z", x2.shape[0], device, dtype)
+        z = state.cache.get(key)
+        if z is None or z.shape[1] != a_t.shape[1]:
+            z = state.cache[key] = torch.empty((x2.shape[0], a_t.shape[1]), device=device, dtype=dtype)
+        torch.mm(x2, a_t, out=z)
+    else:
+        z = x2 @ a_t
+    if eager and not per_sample:
+        up = _scaled_up(state, s_all, device, dtype)  # strengths folded: nothing else per call
+        if state.up is not None:
+            y2.addmm_(z, up)
+            return
+        for seg, u in zip(state.loras, up):
+            target = y2 if seg.slice is None else y2[:, seg.slice.start:seg.slice.start + seg.slice.length]
+            target.addmm_(z[:, seg.start:seg.stop], u)
+        return
+    # per-sample strengths (or traced by torch.compile: tensors only, no Python-side caching)
+    s_rank = s_all.index_select(-1, state.cast(state.rank_entry, "re", device, torch.long))
+    if state.up is None:  # the fused U has the multipliers folded in; the per-slice Bs do not
+        s_rank = s_rank * state.cast(state.rank_mult, "rm", device, torch.float32)
+    s_rank = s_rank.to(dtype)
+    if per_sample:
+        z = z.view(batch, -1, z.shape[-1]).mul(s_rank.unsqueeze(1)).view(z.shape)
+    else:
+        z = z * s_rank
+    if state.up is not None:
+        y2.addmm_(z, state.cast(state.up, "up", device, dtype))
+        return
+    for seg in state.loras:
+        b = state.cast(seg.b, f"b{seg.start}", device, dtype)
+        target = y2 if seg.slice is None else y2[:, seg.slice.start:seg.slice.start + seg.slice.length]
+        target.addmm_(z[:, seg.start:seg.stop], b.t())
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+def _scaled_up(state: _State, s_all: Tensor, device: torch.device, dtype: torch.dtype):
+    """U = B_cat·diag(s_rank) in the activation dtype, rebuilt only when a strength changed.
+
+    The handle's strength vector is the cache key through its version counter,
+    which every in-place write bumps (``set_strength`` and a direct ``fill_``
+    of :meth:`BypassHandle.strength` alike).
+    """
+    strengths = state.handle.strengths
+    key = ("U", device, dtype)
+    hit = state.cache.get(key)
+    version = (strengths._version, strengths.data_ptr())
+    if hit is not None and hit[0] == version:
+        return hit[1]
+    s_rank = s_all.index_select(-1, state.cast(state.rank_entry, "re", device, torch.long))
+    if state.up is not None:
+        up = (state.cast(state.up, "up32", device, torch.float32) * s_rank.unsqueeze(1)).to(dtype)
+    else:
+        s_rank = s_rank * state.cast(state.rank_mult, "rm", device, torch.float32)
+        up = [(state.cast(seg.b, f"b{seg.start}", device, torch.float32).t()
+               * s_rank[seg.start:seg.stop].unsqueeze(1)).to(dtype) for seg in state.loras]
+    state.cache[key] = (version, up)
+    return up
 
 
 def _mapped(state: _State, o: _Output, y: Tensor, channel_axis: int, device: torch.device) -> Tensor:
@@ -443,7 +507,22 @@ def _build_state(handle: BypassHandle, module: nn.Module, kind: str,
         state.a = torch.cat(a_list, 0).to(device) if len(a_list) > 1 else a_list[0].to(device)
         state.rank_entry = torch.cat(entries).to(device)
         state.rank_mult = torch.cat(mults).to(device)
+        if kind == "linear":
+            state.up = _fused_up(state.loras, state.rank_mult, out, rank)
     return state
+
+
+def _fused_up(loras: list[_LoraSlice], rank_mult: Tensor, out: int, rank: int) -> Optional[Tensor]:
+    """(R, out) fp32 = every segment's Bᵀ × its multiplier, zero outside its slice; None when
+    the zero padding would more than double the up GEMM (then each slice runs alone)."""
+    used = sum((seg.slice.length if seg.slice else out) * (seg.stop - seg.start) for seg in loras)
+    if used * 2 < out * rank:
+        return None
+    up = torch.zeros((rank, out), dtype=torch.float32, device=rank_mult.device)
+    for seg in loras:
+        rows = slice(None) if seg.slice is None else slice(seg.slice.start, seg.slice.start + seg.slice.length)
+        up[seg.start:seg.stop, rows] = seg.b.t()
+    return up.mul_(rank_mult.unsqueeze(1))
 
 
 def install_bypass(target: Union[nn.Module, Mapping[str, nn.Module]], plan: PatchPlan, *,

@@ -33,6 +33,10 @@ UNKNOWN_SCALE_NOTE = ("scale unknown: PEFT/diffusers-style tensors without alpha
                       "the file); using alpha/rank = 1.0, which may be too weak or too strong")
 FACTOR_TUNERS = {"LOHA", "LOKR"}
 
+DORA_OUT_AXIS_NOTE = ("output-axis DoRA (dora_scale per output row): normalised by ‖W + ΔW‖ as the DoRA "
+                      "paper, PEFT and LyCORIS do; ComfyUI core v0.14.2 divides by ‖W‖ on this axis (its "
+                      "open PR #15458), so core renders this file differently (docs/formats.md)")
+
 
 def bad(ctx: ParseContext, module: str, message: str) -> FormatError:
     """A damaged module: the error names the file and the module."""
@@ -185,10 +189,12 @@ def dora_magnitude(ctx: ParseContext, module: str, parts: Mapping[str, torch.Ten
     m = parts[".dora_scale"]
     shape = tuple(m.shape)
     if len(shape) == 1 and shape[0] == out_features:
+        ctx.note(DORA_OUT_AXIS_NOTE)
         return DoraMagnitude(m, "out")
     if len(shape) >= 2:
         rest_ones = all(d == 1 for d in shape[2:])
         if rest_ones and shape[0] == out_features and shape[1] == 1:
+            ctx.note(DORA_OUT_AXIS_NOTE)
             return DoraMagnitude(m, "out")
         if rest_ones and shape[0] == 1 and shape[1] == in_features:
             return DoraMagnitude(m, "in")

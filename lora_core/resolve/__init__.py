@@ -203,6 +203,12 @@ def resolve_targets(lora: LoraFile, model_shapes: Mapping[str, tuple[int, ...]],
         claims.claim(placed)
         matched.append(placed)
 
+    # dora_scale only: core applies no PEFT lora_magnitude_vector at all
+    out_axis_dora = sum(1 for r in matched if r.patch.dora is not None and r.patch.dora.axis == "out"
+                        and any(k.endswith(".dora_scale") for k in r.patch.keys))
+    if out_axis_dora:
+        notes.append(f"output-axis DoRA on {out_axis_dora} modules: normalised by ‖W + ΔW‖ (DoRA paper, PEFT, "
+                     f"LyCORIS); ComfyUI core v0.14.2 uses ‖W‖ on this axis, so its result differs on purpose")
     lora_family = guess_family(lora)
     fam = model_family or ctx.family
     warning = None

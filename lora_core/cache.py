@@ -164,12 +164,36 @@ class DeltaCache(ByteLRU):
     back" and two branches alternating on one base.
     """
 
-    def __init__(self, max_bytes: int, per_param: int = 2):
+    def __init__(self, max_bytes: int, per_param: int = 2, policy: "FreeMemoryPolicy | None" = None):
         super().__init__(max_bytes)
         self.per_param = per_param
-        self._by_param: dict[Any, list] = {}
+        self.policy = policy
+        self._by_param: dict[Any, list] = {}  # with a policy, max_bytes is re-read at each trim/put
+
+    def trim(self) -> int:
+        """Re-read the policy's budget and give back what exceeds it; returns the bytes freed.
+
+        Superseded sums go first, then whole parameters, oldest first.
+        """
+        if self.policy is None:
+            return 0
+        with self._lock:
+            self.max_bytes = self.policy.budget(self._bytes)
+            before = self._bytes
+            for old in list(self._items):
+                if self._bytes <= self.max_bytes:
+                    break
+                siblings = self._by_param.get(old[0], ())
+                if siblings and siblings[-1] != old:
+                    self._drop(old)
+            for old in list(self._items):
+                if self._bytes <= self.max_bytes:
+                    break
+                self._drop(old)
+            return before - self._bytes
 
     def put(self, key, value) -> None:
+        self.trim()
         size = self._size(value)
         if size > self.max_bytes:
             return
@@ -216,4 +240,33 @@ class DeltaCache(ByteLRU):
             self._bytes = 0
 
 
-__all__ = ["ParsedFileCache", "ByteLRU", "DeltaCache", "env_bytes", "tensor_bytes"]
+class FreeMemoryPolicy:
+    """The byte budget of a cache on an accelerator, from the device's free memory.
+
+        budget = min(cap, fraction · (free + held))          while free ≥ reserve
+        budget = max(0, held − (reserve − free))             below it (the shortfall is given back)
+
+    ``free`` comes from ``probe()`` (e.g. ComfyUI's ``get_free_memory(device)``)
+    and is re-read on every admission, so the cache grows into spare VRAM and
+    is the first thing to give way when the host's own allocations press:
+    ``held`` counts as available because dropping it frees it.
+    """
+
+    def __init__(self, probe: Callable[[], int], fraction: float = 0.25, reserve: int = 1 << 30,
+                 cap: int | None = None):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be within 0…1, got {fraction!r}")
+        self.probe = probe
+        self.fraction = fraction
+        self.reserve = reserve
+        self.cap = cap
+
+    def budget(self, held: int) -> int:
+        free = int(self.probe())
+        if free < self.reserve:
+            return max(0, held - (self.reserve - free))
+        budget = int(self.fraction * (free + held))
+        return budget if self.cap is None else min(self.cap, budget)
+
+
+__all__ = ["ParsedFileCache", "ByteLRU", "DeltaCache", "FreeMemoryPolicy", "env_bytes", "tensor_bytes"]

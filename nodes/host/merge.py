@@ -49,7 +49,7 @@ import comfy.patcher_extension
 import comfy.utils
 import comfy.weight_adapter
 
-from ...lora_core.cache import ByteLRU, DeltaCache, env_bytes
+from ...lora_core.cache import ByteLRU, DeltaCache, FreeMemoryPolicy, env_bytes
 from ...lora_core.errors import NonFiniteError
 from ...lora_core.plan import Contribution, PatchPlan, normalized
 from ...lora_core.stack_delta import (base_independent, is_plain_lora, merged_weight, plain_factors, stack_delta,
@@ -59,17 +59,36 @@ log = logging.getLogger("lora-patchbay")
 
 ADAPTER_NAME = "patchbay"
 
-# ΔW sums: on the CPU they save a GEMM per parameter; on accelerators the
-# GEMM is cheap and memory belongs to ComfyUI's manager, so default off there.
+# ΔW sums: on the CPU a fixed budget; on an accelerator a fraction of its free
+# memory (re-read on every admission, given back first when ComfyUI's own
+# allocations press below the reserve), so GPU users get the same incremental
+# re-patch.  PATCHBAY_DELTA_CACHE_GPU_MB fixes a budget instead (0 = off).
 DELTA_CACHES: dict[str, DeltaCache] = {"cpu": DeltaCache(env_bytes("PATCHBAY_DELTA_CACHE_MB", 1024))}
-DELTA_CACHE_ACCEL_BYTES = env_bytes("PATCHBAY_DELTA_CACHE_GPU_MB", 0)
+DELTA_CACHE_ACCEL_BYTES = (env_bytes("PATCHBAY_DELTA_CACHE_GPU_MB", 0)
+                           if "PATCHBAY_DELTA_CACHE_GPU_MB" in os.environ else None)
+DELTA_CACHE_ACCEL_FRACTION = float(os.environ.get("PATCHBAY_DELTA_CACHE_GPU_FRACTION", 0.25))
 FACTOR_CACHE = ByteLRU(env_bytes("PATCHBAY_FACTOR_CACHE_MB", 1024))
+
+
+def _accelerator_policy(device: torch.device) -> FreeMemoryPolicy:
+    mm = comfy.model_management
+    reserve = max(1 << 30, int(getattr(mm, "minimum_inference_memory", lambda: 0)()))
+    return FreeMemoryPolicy(lambda: mm.get_free_memory(device), fraction=DELTA_CACHE_ACCEL_FRACTION,
+                            reserve=reserve)
 
 
 def _delta_cache(device: torch.device) -> Optional[DeltaCache]:
     cache = DELTA_CACHES.get(str(device))
-    if cache is None and device.type != "cpu" and DELTA_CACHE_ACCEL_BYTES > 0:
-        cache = DELTA_CACHES.setdefault(str(device), DeltaCache(DELTA_CACHE_ACCEL_BYTES))
+    if cache is None and device.type != "cpu":
+        if DELTA_CACHE_ACCEL_BYTES is not None:
+            if DELTA_CACHE_ACCEL_BYTES <= 0:
+                return None
+            cache = DeltaCache(DELTA_CACHE_ACCEL_BYTES)
+        elif DELTA_CACHE_ACCEL_FRACTION <= 0:
+            return None
+        else:
+            cache = DeltaCache(0, policy=_accelerator_policy(device))
+        cache = DELTA_CACHES.setdefault(str(device), cache)
     return cache
 
 

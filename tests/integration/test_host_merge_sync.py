@@ -11,7 +11,8 @@ Checks, each against a fresh full load of the same clone (unpatch, re-patch):
   weights (never each other's LoRAs);
 * lowvram: the per-forward patches follow the loaded clone;
 * a key with core's LoRA patch before ours is rewritten through core's maths;
-* a different key set gets a fresh uuid (ComfyUI's full re-patch).
+* a different key set gets a fresh uuid (ComfyUI's full re-patch);
+* an accelerator's ΔW cache is on by default with a free-memory policy.
 """
 from __future__ import annotations
 
@@ -150,6 +151,11 @@ Q.detach(unpatch_all=True)
 out["lowvram_follows_clone"] = torch.equal(yq, yq_fresh)
 out["lowvram_differs"] = not torch.equal(yq, yp)
 out["lowvram_unpatch_exact"] = same({k: v.clone() for k, v in net.state_dict().items()}, orig)
+# accelerators get a ΔW cache whose budget follows free memory (no GPU needed to build it)
+gc = merge._delta_cache(torch.device("cuda", 0))
+out["gpu_cache_policy"] = (gc is not None and gc.policy is not None and gc.policy.fraction == 0.25
+                           and gc.policy.reserve >= 1 << 30)
+merge.DELTA_CACHES.pop("cuda:0", None)
 print("RESULT " + json.dumps(out))
 ''')
 
@@ -196,3 +202,7 @@ def test_lowvram_patches_follow_the_loaded_clone(sync_result):
     assert sync_result["lowvram_used"] is True
     assert sync_result["lowvram_differs"] is True
     assert sync_result["lowvram_follows_clone"] is True
+
+
+def test_accelerator_delta_cache_follows_free_memory(sync_result):
+    assert sync_result["gpu_cache_policy"] is True

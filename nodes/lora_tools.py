@@ -137,7 +137,7 @@ class PatchbaySaveMergedLora:
         stack = as_stack(lora_stack)
         sources = []
         for i, e in enumerate(stack.entries):
-            if not (e.active_model or e.active_clip):
+            if not e.enabled or (e.strength_model == 0.0 and e.strength_clip == 0.0):
                 continue
             if e.schedule is not None or e.block_weights is not None:
                 raise StackError(f"row {i + 1} ({e.lora}) has a {'schedule' if e.schedule else 'block weights'}, "

@@ -35,10 +35,18 @@ Measured (best of a few runs; the machine is shared):
 The last line is JSON: merge_vs_floor, merge_vs_naive, repatch_vs_full,
 bypass_vs_merged, peak_extra_mb (and core_vs_merge with ComfyUI), plus
 merge_vs_floor_with_backups (the floor + cloning every touched weight into
-new memory, which exact restore cannot avoid).
+new memory — what a copied backup would add; the patcher now keeps W₀'s own
+storage as the backup and writes W₀ + D into new storage instead), and
+``rows`` with the issue-11 ratios: ``merge_vs_floor``, ``core_vs_merge``.
+
+Usage: python bench/patch.py [--threads 2] [--quick] [--device cpu|cuda] [--layers 100]
+Thread count is fixed inside (``torch.set_num_threads``); ``--quick`` is a
+smoke run (24 layers, fewer repeats); ``--device cuda`` runs everything on
+the GPU (skips cleanly without CUDA).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -65,12 +73,27 @@ LORAS = (("L8", 8, 0.8, range(LAYERS)), ("L16", 16, 0.6, range(LAYERS)),
 QUARTER = 2
 BYPASS_LAYERS = 8
 TOKENS = 4096
+DEVICE = "cpu"
+RUNS = 3
+
+
+def configure(layers: int, device: str = "cpu", runs: int = 3) -> None:
+    """Set the workload size and device (module globals, also used by the ComfyUI child)."""
+    global LAYERS, LORAS, DEVICE, RUNS
+    LAYERS, DEVICE, RUNS = layers, device, runs
+    LORAS = (("L8", 8, 0.8, range(layers)), ("L16", 16, 0.6, range(layers)),
+             ("L32", 32, 0.5, range(max(1, layers // 4))), ("L64", 64, 0.7, range(layers)))
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 class Stack(nn.Module):
     def __init__(self, weights):
         super().__init__()
-        self.layers = nn.ModuleList(nn.Linear(N, N, bias=False, dtype=w.dtype) for w in weights)
+        self.layers = nn.ModuleList(nn.Linear(N, N, bias=False, dtype=w.dtype, device=w.device) for w in weights)
         with torch.no_grad():
             for layer, w in zip(self.layers, weights):
                 layer.weight.copy_(w)
@@ -78,7 +101,7 @@ class Stack(nn.Module):
 
 def make_weights(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(N, N, generator=g) * 0.02).half() for _ in range(LAYERS)]
+    return [(torch.randn(N, N, generator=g) * 0.02).half().to(DEVICE) for _ in range(LAYERS)]
 
 
 def make_loras(seed=1):
@@ -86,8 +109,8 @@ def make_loras(seed=1):
     g = torch.Generator().manual_seed(seed)
     out = {}
     for name, rank, _, layers in LORAS:
-        out[name] = {i: ((torch.randn(N, rank, generator=g) * 0.02).half(),
-                         (torch.randn(rank, N, generator=g) * 0.02).half()) for i in layers}
+        out[name] = {i: ((torch.randn(N, rank, generator=g) * 0.02).half().to(DEVICE),
+                         (torch.randn(rank, N, generator=g) * 0.02).half().to(DEVICE)) for i in layers}
     return out
 
 
@@ -106,14 +129,16 @@ def plan_for(reports, strengths):
     return build_plan([(r, s, None) for r, s in zip(reports, strengths)])
 
 
-def best(fn, runs=3, setup=None, budget_s=20.0):
+def best(fn, runs=None, setup=None, budget_s=20.0):
     """Best wall time of up to ``runs`` runs; stops early once ``budget_s`` is spent."""
     times = []
-    for _ in range(runs):
+    for _ in range(runs or RUNS):
         if setup is not None:
             setup()
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
         if sum(times) > budget_s:
             break
@@ -137,8 +162,8 @@ def measure_floor(ranks_per_layer):
     """Best GEMM time per Σr (whole GEMM, in-place addmm and row blocks) + memcpy bandwidth."""
     gemm = {}
     for r in sorted(set(ranks_per_layer)):
-        b, a = torch.randn(N, r), torch.randn(r, N)
-        out = torch.randn(N, N)
+        b, a = torch.randn(N, r, device=DEVICE), torch.randn(r, N, device=DEVICE)
+        out = torch.randn(N, N, device=DEVICE)
 
         def whole():
             for _ in range(10):
@@ -153,7 +178,7 @@ def measure_floor(ranks_per_layer):
                 for r0 in range(0, N, 256):
                     out[r0:r0 + 256].addmm_(b[r0:r0 + 256], a)
         gemm[r] = min(best(whole, 3), best(inplace, 3), best(blocks, 3)) / 10
-    src = torch.empty(256 << 20, dtype=torch.uint8).fill_(1)
+    src = torch.empty(256 << 20, dtype=torch.uint8, device=DEVICE).fill_(1)
     dst = torch.empty_like(src)
     copy_s = best(lambda: dst.copy_(src), 5)
     bandwidth = src.numel() / copy_s  # bytes/s for read+write of src bytes
@@ -188,7 +213,7 @@ def bypass_vs_merged(weights, loras):
     MergePatcher(dict(merged.named_parameters())).apply(plan)
     side = Stack(base)
     handle = install_bypass(side, plan)
-    x = torch.randn(TOKENS, N, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(TOKENS, N, generator=torch.Generator().manual_seed(3)).to(DEVICE)
 
     def run(model):
         with torch.inference_mode():
@@ -210,10 +235,13 @@ def comfy_dir():
 
 
 def comfy_child(path):
-    """Runs in a subprocess: time core's ModelPatcher.patch_model on the same stack."""
-    if len(sys.argv) > 3:
-        torch.set_num_threads(int(sys.argv[3]))
-    sys.argv = [sys.argv[0], "--cpu"]
+    """Runs in a subprocess: time core's ModelPatcher.patch_model on the same stack.
+
+    argv: --comfy-child PATH THREADS LAYERS DEVICE
+    """
+    torch.set_num_threads(int(sys.argv[3]))
+    configure(int(sys.argv[4]), sys.argv[5])
+    sys.argv = [sys.argv[0]] + (["--cpu"] if DEVICE == "cpu" else [])
     sys.path.insert(0, path)
     import logging
     logging.disable(logging.WARNING)
@@ -225,13 +253,14 @@ def comfy_child(path):
     weights, loras = make_weights(), make_loras()
     key_map = {f"lora_unet_layers_{i}": f"layers.{i}.weight" for i in range(LAYERS)}
     cpu = torch.device("cpu")
+    dev = torch.device(DEVICE)
     times = []
     result = None
     for _ in range(2):
         if times and times[0] > 15:
             break
         model = Stack(weights)
-        patcher = comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=dev, offload_device=cpu)
         for name, rank, strength, _ in LORAS:
             sd = {}
             for i, (up, down) in loras[name].items():
@@ -239,8 +268,10 @@ def comfy_child(path):
                 sd[f"lora_unet_layers_{i}.lora_down.weight"] = down
                 sd[f"lora_unet_layers_{i}.alpha"] = torch.tensor(rank / 2)
             patcher.add_patches(comfy.lora.load_lora(sd, key_map, log_missing=False), strength)
+        sync()
         t0 = time.perf_counter()
-        patcher.patch_model(device_to=cpu)
+        patcher.patch_model(device_to=dev)
+        sync()
         times.append(time.perf_counter() - t0)
         result = model
     ours = Stack(weights)
@@ -251,13 +282,27 @@ def comfy_child(path):
     print(json.dumps({"seconds": min(times), "max_abs_diff_vs_ours": diff}))
 
 
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("PATCHBAY_BENCH_THREADS", 2)),
+                    help="torch.set_num_threads (fixed so runs compare)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 24 layers, fewer repeats")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--layers", type=int, default=LAYERS)
+    return ap.parse_args()
+
+
 def main():
-    threads = os.environ.get("PATCHBAY_BENCH_THREADS")
-    if threads:  # e.g. 1 on an oversubscribed machine, where thread-pool barriers dominate
-        torch.set_num_threads(int(threads))
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("CUDA not available: skipped")
+        print(json.dumps({"device": "cuda", "skipped": True}))
+        return
+    configure(min(args.layers, 24) if args.quick else args.layers, args.device, 2 if args.quick else 3)
     torch.manual_seed(0)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, {os.cpu_count()} cores, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {DEVICE}, {os.cpu_count()} cores, "
           f"load average {load:.1f} (timings are only meaningful on an idle machine)")
     t0 = time.perf_counter()
     weights = make_weights()
@@ -304,7 +349,7 @@ def main():
     # Interleaved rounds, best of each: a shared machine's load then hits every method alike.
     merge_s, repatch_s, naive_s = stats.seconds, float("inf"), float("inf")
     spent = time.perf_counter()
-    for round_ in range(3):
+    for round_ in range(RUNS):
         p, elapsed = full()
         merge_s = min(merge_s, elapsed)
         repatch_s = min(repatch_s, repatch(p), repatch(p))
@@ -330,7 +375,7 @@ def main():
           f"; memcpy {bandwidth / 1e9:.1f} GB/s)")
     print(f"floor + backups:        {(floor_s + backup_s) * 1e3:8.1f} ms  (cloning the touched weights into new "
           f"memory: {backup_s * 1e3:.1f} ms)")
-    print(f"re-patch quarter LoRA:  {repatch_s * 1e3:8.1f} ms  (25 of 100 weights recomputed)")
+    print(f"re-patch quarter LoRA:  {repatch_s * 1e3:8.1f} ms  ({LAYERS // 4} of {LAYERS} weights recomputed)")
     print(f"bypass fwd r16 fp32:    {side_s * 1e3:8.1f} ms  vs merged {merged_fwd_s * 1e3:.1f} ms "
           f"({BYPASS_LAYERS} layers, {TOKENS}×{N} fp32 activations; rel. diff {side_err:.1e})")
     print(f"peak extra (accounted): {accounted / 2**20:8.1f} MiB = backups {stats.backup_bytes / 2**20:.1f} "
@@ -349,7 +394,7 @@ def main():
     if path:
         try:
             proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--comfy-child", path,
-                                   str(torch.get_num_threads())],
+                                   str(torch.get_num_threads()), str(LAYERS), DEVICE],
                                   capture_output=True, text=True, timeout=240)
         except subprocess.TimeoutExpired:
             proc = subprocess.CompletedProcess([], -1, "", "timed out after 240 s")
@@ -364,6 +409,8 @@ def main():
     else:
         print("ComfyUI core: not found (set COMFYUI_DIR)")
     print(f"total bench time {time.perf_counter() - t0:.0f} s")
+    result["device"], result["threads"], result["layers"] = DEVICE, torch.get_num_threads(), LAYERS
+    result["rows"] = {"merge_vs_floor": result["merge_vs_floor"], "core_vs_merge": result.get("core_vs_merge")}
     print(json.dumps(result))
 
 

@@ -12,7 +12,7 @@ import logging
 log = logging.getLogger("lora-patchbay")
 
 CORE_MODULES = ("loaders", "stack", "stack_loader")
-OPTIONAL_MODULES = ("iclora", "blocks", "info", "schedule")
+OPTIONAL_MODULES = ("iclora", "blocks", "info", "schedule", "sweep", "grid", "prompt_tags", "lora_tools")
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -46,6 +46,10 @@ TOP_LEVEL = {
     "time_embed.2": "time_embedding.linear_2", "label_emb.0.0": "add_embedding.linear_1",
     "label_emb.0.2": "add_embedding.linear_2", "out.0": "conv_norm_out", "out.2": "conv_out",
 }
+# diffusers calls label_emb "add_embedding" (SDXL's text_time) or "class_embedding"
+# (class_embed_type timestep/projection); diffusers' and ComfyUI's converters map
+# either onto label_emb, so a LoRA may use both spellings.
+LABEL_EMB_CLASS_NAMES = {"label_emb.0.0": "class_embedding.linear_1", "label_emb.0.2": "class_embedding.linear_2"}
 _LDM_BLOCK = re.compile(r"^(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.*))?$")
 _MID_LDM = re.compile(r"^middle_block\.(\d+)(?:\.(.*))?$")
 _DIFF_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)(?:\.(.*))?$")
@@ -169,7 +173,9 @@ def _block_maps(paths) -> tuple[dict[str, str], dict[str, str]]:
                 ldm_to_diff[f"output_blocks.{n}.{slot}.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
     ldm_to_diff.update(_middle_maps(paths))
     ldm_to_diff.update(TOP_LEVEL)
-    return ldm_to_diff, {v: k for k, v in ldm_to_diff.items()}
+    diff_to_ldm = {v: k for k, v in ldm_to_diff.items()}
+    diff_to_ldm.update({v: k for k, v in LABEL_EMB_CLASS_NAMES.items()})
+    return ldm_to_diff, diff_to_ldm
 
 
 def _translate(path: str, blocks: dict[str, str], resnet_children: dict[str, str]) -> Optional[str]:
@@ -223,6 +229,8 @@ def aliases(index: ModelIndex, family: Optional[str]) -> Iterator[Alias]:
             diffusers_path = path
         if other is not None:
             yield DIFFUSION, other, Target(mod)
+        if model_is_ldm and path in LABEL_EMB_CLASS_NAMES:
+            yield DIFFUSION, LABEL_EMB_CLASS_NAMES[path], Target(mod)
         if diffusers_path is not None:
             for variant in _processor_variants(diffusers_path):
                 yield DIFFUSION, variant, Target(mod)

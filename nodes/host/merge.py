@@ -303,21 +303,29 @@ class _Written:
     """What a parameter holds: Patchbay contributions, valid while the tensor is unchanged."""
 
     param: Any          # weakref to the parameter object
-    version: int        # its ``_version`` when recorded
+    stamp: tuple        # (data_ptr, _version) when recorded; inference tensors have no version
     contributions: tuple
 
 
 _WRITTEN: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, _Written]]" = weakref.WeakKeyDictionary()
 
 
+def _stamp(param: torch.Tensor) -> tuple:
+    # ComfyUI patches under inference_mode, whose tensors keep no version counter.
+    # Then only a new storage or object is seen; an in-place write that is not
+    # ComfyUI's load of this clone would go unseen (none is known: its in-place
+    # writes are loads, which write this clone's patches before our inject).
+    return (param.data_ptr(), None if param.is_inference() else param._version)
+
+
 def _record(model: torch.nn.Module, key: str, param: torch.Tensor, contributions: tuple) -> None:
-    _WRITTEN.setdefault(model, {})[key] = _Written(weakref.ref(param), param._version, contributions)
+    _WRITTEN.setdefault(model, {})[key] = _Written(weakref.ref(param), _stamp(param), contributions)
 
 
 def _holds(model: torch.nn.Module, key: str, param: torch.Tensor) -> Optional[tuple]:
     """The contributions ``param`` is known to hold, or None when it changed since we looked."""
     rec = _WRITTEN.get(model, {}).get(key)
-    if rec is None or rec.param() is not param or rec.version != param._version:
+    if rec is None or rec.param() is not param or rec.stamp != _stamp(param):
         return None
     return rec.contributions
 

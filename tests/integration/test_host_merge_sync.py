@@ -88,8 +88,9 @@ def ours(p, name, s):
 def core(p, name, s):
     n = p.clone(); n.add_patches(comfy.lora.load_lora(dict(files[name]), dict(KEYMAP), log_missing=False), s); return n
 def load(p):
-    mm.load_models_gpu([p], force_full_load=True)
-    return {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.inference_mode():  # as ComfyUI's executor runs every node
+        mm.load_models_gpu([p], force_full_load=True)
+        return {k: v.clone() for k, v in net.state_dict().items()}
 def fresh(p):
     load(base)  # a different uuid: ComfyUI restores every backup
     return load(p)
@@ -135,10 +136,11 @@ x = torch.randn(3, N).half()
 def lowvram(p, first):
     if first:
         load(base); mm.unload_all_models()
-        p.patch_model(cpu, lowvram_model_memory=1)
-    else:
-        p.partially_load(cpu, extra_memory=1)
-    with torch.no_grad():
+    with torch.inference_mode():
+        if first:
+            p.patch_model(cpu, lowvram_model_memory=1)
+        else:
+            p.partially_load(cpu, extra_memory=1)
         return net(x).clone(), net.diffusion_model.blocks[0].weight_function
 mm.unload_all_models()
 yp, wf = lowvram(P, True)
@@ -164,7 +166,7 @@ print("RESULT " + json.dumps(out))
 def sync_result(comfy_install):
     env = dict(os.environ, PATCHBAY_REPO=str(REPO))
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=str(comfy_install.path), env=env,
+    proc = subprocess.run([comfy_install.python, "-c", CHILD], cwd=str(comfy_install.path), env=env,
                           capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]

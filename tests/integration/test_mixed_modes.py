@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -132,7 +131,7 @@ print("RESULT " + json.dumps(out))
 def mixed_result(comfy_install):
     env = dict(os.environ, PATCHBAY_REPO=str(REPO))
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=str(comfy_install.path), env=env,
+    proc = subprocess.run([comfy_install.python, "-c", CHILD], cwd=str(comfy_install.path), env=env,
                           capture_output=True, text=True, timeout=300)
     lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -93,7 +92,7 @@ def result(request):
         pytest.skip("no ComfyUI found")
     env = {**os.environ, "PATCHBAY_REPO": str(REPO_ROOT)}
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD], cwd=inst.path, env=env,
+    proc = subprocess.run([inst.python, "-c", CHILD], cwd=inst.path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))

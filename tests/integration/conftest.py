@@ -12,7 +12,9 @@ running pytest; the first whose packages cover ComfyUI's requirements wins
 (probed once per session in a subprocess, well under a second).  An install
 no Python can start is left out, and the session ends with one line naming
 what is missing and the pip command that installs it; when no install is
-usable every test here skips with that line as its reason.
+usable every test here skips with that line as its reason.  A test that runs
+ComfyUI code in a child process starts it with ``comfy_install.python`` (or
+``comfy_harness.python_for(dir)``), never ``sys.executable``.
 
 Fixtures (all session-scoped; one server per ComfyUI version, started lazily,
 torn down when pytest moves on to the next version):

@@ -120,6 +120,9 @@ def load_model(model: Model) -> Mapping[str, torch.Tensor]:
 
 def _shape_without_model(lora: LoraFile, patch) -> tuple[int, ...]:
     w = patch.weight
+    if patch.dora is not None:
+        raise PatchbayError(f"module {patch.name!r} is DoRA, whose ΔW depends on the base weights", file=lora.path,
+                            key=patch.name, fix="pass --model (the base model's safetensors) so it can be computed")
     if isinstance(w, LoraWeights):
         kernel = tuple(w.mid.shape[2:]) if w.mid is not None else tuple(w.down.shape[2:])
         return (int(w.up.shape[0]), int(w.down.shape[1]), *kernel)

@@ -121,3 +121,57 @@ def test_text_encoder_modules_take_the_clip_strength(tmp_path):
         got = delta_weight(p, torch.zeros_like(want))
         assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), p.name
     assert '"strength_clip": 2.0' in result.metadata["patchbay_sources"]
+
+
+def test_slices_of_a_fused_weight_concatenate_exactly():
+    """Separate q/k/v LoRAs on one fused qkv weight: B padded with zero rows, still one exact product."""
+    from lora_core.ir import LoraWeights, ModulePatch, ResolvedPatch, Slice
+    from lora_core.plan import Contribution
+    from lora_core.tools.merge import Group, merge_group
+    from lora_core.tools.svd import RankRule
+    g = torch.Generator().manual_seed(9)
+    hidden, rank = 6, 2
+    contribs, want = [], torch.zeros(3 * hidden, hidden)
+    for i, part in enumerate("qkv"):
+        up, down = torch.randn(hidden, rank, generator=g), torch.randn(rank, hidden, generator=g)
+        patch = ModulePatch(name=f"attn.to_{part}", weight=LoraWeights(up=up, down=down), scale=0.5)
+        resolved = ResolvedPatch(patch, "qkv.weight", slice=Slice(0, i * hidden, hidden))
+        contribs.append(Contribution(resolved, 0.8, "weight", 0, "f"))
+        want[i * hidden:(i + 1) * hidden] = 0.8 * 0.5 * up @ down
+    group = Group("diffusion_model.qkv", "qkv.weight", (3 * hidden, hidden), tuple(contribs))
+    tensors, report = merge_group(group, RankRule(), "comfy", torch.float32)
+    got = tensors["diffusion_model.qkv.lora_up.weight"] @ tensors["diffusion_model.qkv.lora_down.weight"]
+    assert report.method == "concat" and report.rank == 3 * rank
+    assert float(tensors["diffusion_model.qkv.alpha"]) == 3 * rank
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_dora_needs_the_base_and_then_merges_densely(tmp_path):
+    from lycoris import LycorisNetwork, create_lycoris
+    from safetensors.torch import save_file
+
+    from fixtures.lora_files import Wrapped, perturb
+    from lora_core.errors import PatchbayError
+    torch.manual_seed(5)
+    net = Wrapped()
+    base = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    saved = dict(vars(LycorisNetwork))  # apply_preset changes class state; later fixtures must not see it
+    try:
+        LycorisNetwork.apply_preset({"target_name": [".*fc1", ".*fc2"]})
+        network = create_lycoris(net, 1.0, linear_dim=4, linear_alpha=2, algo="lora", dora_wd=True)
+    finally:
+        for key in ("TARGET_REPLACE_MODULE", "TARGET_REPLACE_NAME", "MODULE_ALGO_MAP", "NAME_ALGO_MAP",
+                    "LORA_PREFIX", "USE_FNMATCH", "ENABLE_CONV"):
+            if key in saved:
+                setattr(LycorisNetwork, key, saved[key])
+    network.apply_to()
+    perturb(network, seed=5)
+    src = str(tmp_path / "dora.safetensors")
+    save_file({k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}, src)
+    with pytest.raises(PatchbayError, match="depends on the base weights"):
+        merge([Source(src, 0.7)])
+    result = merge([Source(src, 0.7)], model=base)
+    assert set(result.summary()["methods"]) == {"dense-svd"}
+    out = _write(result, tmp_path, "dora_merged.safetensors")
+    ref = loaded_deltas([(src, 0.7)], base)
+    assert worst_rel(loaded_deltas([(out, 1.0)], base), ref) <= 1e-5

@@ -235,12 +235,18 @@ class _Geometry:
         return y, x
 
 
+def _small(r: TextRenderer) -> TextRenderer:
+    """The renderer of per-cell text: three quarters of the label size (stacks are long)."""
+    return TextRenderer(max(8, r.size * 3 // 4), r.font is not None)
+
+
 def _geometry(layout: GridLayout, r: TextRenderer, cell_h: int, cell_w: int) -> tuple[_Geometry, list]:
     pad = max(2, r.line_height // 4)
     line = r.line_height
-    wrapped = [r.wrap(t, cell_w) for t in layout.cell_text] if layout.cell_text else []
+    small = _small(r)
+    wrapped = [small.wrap(t, cell_w) for t in layout.cell_text] if layout.cell_text else []
     text_lines = max((len(w) for w in wrapped), default=0)
-    text_h = text_lines * line + (pad if text_lines else 0)
+    text_h = text_lines * small.line_height + (pad if text_lines else 0)
     title_h = line + pad if (layout.title_x or layout.title_y) else 0
     labels_h = line + pad if layout.labels_x else 0
     row_texts = list(layout.labels_y) + ([layout.title_y] if layout.title_y and layout.labels_y else [])
@@ -280,10 +286,11 @@ def _canvas(layout: GridLayout, cell_h: int, cell_w: int, channels: int, dtype, 
     for row, label in enumerate(layout.labels_y):
         y, _ = g.cell_origin(layout, row * layout.columns)
         _text(canvas, r, label, y + (g.cell_h - line) // 2, pad, g.left - 2 * pad, layout.ink)
+    small = _small(r)
     for i, lines in enumerate(wrapped):
         y, x = g.cell_origin(layout, i)
         for k, text in enumerate(lines):
-            _text(canvas, r, text, y + g.cell_h + pad // 2 + k * line, x, g.cell_w, layout.ink)
+            _text(canvas, small, text, y + g.cell_h + pad // 2 + k * small.line_height, x, g.cell_w, layout.ink)
     return canvas.to(device=device, dtype=dtype), g
 
 

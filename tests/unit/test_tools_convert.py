@@ -109,3 +109,30 @@ def test_lycoris_kinds_keep_their_tensors_and_peft_refuses(params, tmp_path):
 def test_convert_needs_a_model(diffusers_unet_lora):
     with pytest.raises(PatchbayError, match="needs the base model"):
         convert(diffusers_unet_lora.path, to="kohya", model=None)
+
+
+def test_text_encoder_modules_are_named_per_naming(lycoris_kohya, params, tmp_path):
+    """A kohya file with UNet and CLIP modules against a pipeline-style model (unet + text encoder)."""
+    from safetensors.torch import load_file, save_file
+    te_key = "text_encoder.text_model.encoder.layers.0.self_attn.q_proj"
+    model = dict(params)
+    model[te_key + ".weight"] = torch.randn(32, 32)
+    model[te_key + ".bias"] = torch.zeros(32)
+    model["text_encoder.text_model.encoder.layers.0.layer_norm1.weight"] = torch.ones(32)
+    tensors = load_file(lycoris_kohya.path)
+    g = torch.Generator().manual_seed(4)
+    te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    tensors[te + ".lora_down.weight"] = torch.randn(2, 32, generator=g).half()
+    tensors[te + ".lora_up.weight"] = torch.randn(32, 2, generator=g).half()
+    tensors[te + ".alpha"] = torch.tensor(1.0)
+    src = str(tmp_path / "with_te.safetensors")
+    save_file(tensors, src)
+    ref = loaded_deltas([(src, 1.0)], model)
+    want = {"kohya": "lora_te_text_model_encoder_layers_0_self_attn_q_proj",
+            "peft": "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+            "comfy": "text_encoders.clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj"}
+    for naming, te_name in want.items():
+        r = convert(src, to=naming, model=model, dtype=torch.float32)
+        assert any(k.startswith(te_name + ".") for k in r.tensors), (naming, sorted(r.tensors)[-3:])
+        out = write_lora(r.tensors, str(tmp_path / f"te_{naming}.safetensors"), metadata=r.metadata)
+        assert worst_rel(loaded_deltas([(out, 1.0)], model), ref) <= 1e-5, naming

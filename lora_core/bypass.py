@@ -149,8 +149,11 @@ class BypassHandle:
     def __init__(self, entries: Iterable[int], strengths: Mapping[int, float], device: torch.device):
         self.entries = tuple(sorted(set(entries)))
         self._column = {e: i for i, e in enumerate(self.entries)}
-        self.strengths = torch.tensor([float(strengths.get(e, 1.0)) for e in self.entries],
-                                      dtype=torch.float32, device=device)
+        # A normal tensor even when installed under inference_mode (ComfyUI's executor), so its
+        # version counter tracks every write: the forward's cached up matrix is keyed on it.
+        with torch.inference_mode(False):
+            self.strengths = torch.tensor([float(strengths.get(e, 1.0)) for e in self.entries],
+                                          dtype=torch.float32, device=device)
         self.per_sample: Optional[Tensor] = None  # (batch, E) when set
         self.modules: list[nn.Module] = []
         self.unsupported: tuple[str, ...] = ()
@@ -346,6 +349,13 @@ def _scaled_up(state: _State, s_all: Tensor, device: torch.device, dtype: torch.
     of :meth:`BypassHandle.strength` alike).
     """
     strengths = state.handle.strengths
+    if strengths.is_inference():  # no version counter: no cache, scale per call
+        s_rank = s_all.index_select(-1, state.cast(state.rank_entry, "re", device, torch.long))
+        if state.up is not None:
+            return (state.cast(state.up, "up32", device, torch.float32) * s_rank.unsqueeze(1)).to(dtype)
+        s_rank = s_rank * state.cast(state.rank_mult, "rm", device, torch.float32)
+        return [(state.cast(seg.b, f"b{seg.start}", device, torch.float32).t()
+                 * s_rank[seg.start:seg.stop].unsqueeze(1)).to(dtype) for seg in state.loras]
     key = ("U", device, dtype)
     hit = state.cache.get(key)
     version = (strengths._version, strengths.data_ptr())

@@ -135,3 +135,16 @@ def test_compiled_forward_follows_live_strengths():
             for e, v in enumerate(values):
                 handle.set_strength(e, v)
             torch.testing.assert_close(fn(x), merged_out(values, x), rtol=1e-5, atol=1e-5)
+
+
+def test_installed_under_inference_mode_still_follows_live_strengths():
+    net = Net()
+    with torch.inference_mode():  # as ComfyUI's executor installs and runs it
+        handle = install_bypass(net, build_plan([(r, 1.0, None) for r in reports()]))
+        x = torch.randn(5, 32)
+        for values in [(1.0, 1.0, 1.0), (0.3, -0.5, 2.0)]:
+            for e, v in enumerate(values):
+                handle.set_strength(e, v)
+            torch.testing.assert_close(net.fc(x), merged_out(values, x), rtol=1e-5, atol=1e-5)
+        handle.strength(0).fill_(-1.0)
+        torch.testing.assert_close(net.fc(x), merged_out((-1.0, -0.5, 2.0), x), rtol=1e-5, atol=1e-5)

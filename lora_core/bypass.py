@@ -302,7 +302,8 @@ def _add_lora_linear(state: _State, x2: Tensor, y2: Tensor, s_all: Tensor, per_s
     a_t = state.cast(state.a, "a", device, dtype).t()
     eager = not _compiling()
     if eager and not torch.is_grad_enabled():  # inference: z in a reused buffer, no allocation per call
-        key = ("z", x2.shape[0], device, dtype)
+        key = ("z", x2.shape[0], device, dtype, torch.is_inference_mode_enabled())  # inference tensors
+        # cannot be written outside inference_mode, so each mode has its own buffer
         z = state.cache.get(key)
         if z is None or z.shape[1] != a_t.shape[1]:
             z = state.cache[key] = torch.empty((x2.shape[0], a_t.shape[1]), device=device, dtype=dtype)

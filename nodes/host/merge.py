@@ -406,7 +406,7 @@ def _rewrite(patcher, key: str, param: torch.Tensor, w0: torch.Tensor) -> None:
     device = param.device
     compute_dtype = getattr(comfy.model_management, "lora_compute_dtype", None)
     temp_dtype = compute_dtype(device) if compute_dtype is not None else torch.float32
-    with torch.no_grad():
+    with torch.inference_mode():  # as ComfyUI patches; the reused buffer is then always an inference tensor
         # = cast_to_device(w0, device, temp_dtype, copy=True), into a reused buffer (no page faults)
         temp = _workspace(device, temp_dtype, w0.numel()).view(w0.shape)
         temp.copy_(w0)

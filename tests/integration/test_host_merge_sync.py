@@ -108,6 +108,11 @@ out["slider_rewrites"] = sorted(rewrites)
 out["slider_exact"] = same(wq, fresh(Q))
 out["slider_changed"] = not torch.equal(wq[KEYMAP["lora_unet_blocks_0"]], wp[KEYMAP["lora_unet_blocks_0"]])
 out["slider_others_kept"] = all(torch.equal(wq[k], wp[k]) for k in wq if "blocks.0.weight" not in k)
+R = ours(up, "q", 0.8)  # a slider change loaded outside inference_mode (e.g. a training node)
+with torch.no_grad():
+    mm.load_models_gpu([R], force_full_load=True)
+    wr = {k: v.clone() for k, v in net.state_dict().items()}
+out["outside_inference_exact"] = same(wr, fresh(R))
 out["unpatch_exact"] = same(load(base), orig)
 
 # two branches on one base, same keys: alternate
@@ -178,6 +183,10 @@ def test_slider_change_rewrites_only_the_changed_parameter_bit_exactly(sync_resu
     assert sync_result["slider_rewrites"] == ["diffusion_model.blocks.0.weight"]
     assert sync_result["slider_exact"] is True
     assert sync_result["slider_changed"] is True and sync_result["slider_others_kept"] is True
+
+
+def test_sync_outside_inference_mode_is_exact_too(sync_result):
+    assert sync_result["outside_inference_exact"] is True
 
 
 def test_unpatch_gives_back_the_base_bit_for_bit(sync_result):

@@ -148,3 +148,15 @@ def test_installed_under_inference_mode_still_follows_live_strengths():
             torch.testing.assert_close(net.fc(x), merged_out(values, x), rtol=1e-5, atol=1e-5)
         handle.strength(0).fill_(-1.0)
         torch.testing.assert_close(net.fc(x), merged_out((-1.0, -0.5, 2.0), x), rtol=1e-5, atol=1e-5)
+
+
+def test_buffers_made_under_inference_mode_do_not_break_a_grad_free_forward_outside_it():
+    net = Net()
+    handle = install_bypass(net, build_plan([(r, 1.0, None) for r in reports()]))
+    x = torch.randn(5, 32)
+    with torch.inference_mode():
+        y_inf = net.fc(x)
+    with torch.no_grad():  # e.g. a node running its own forward outside the executor's mode
+        y = net.fc(x)
+    torch.testing.assert_close(y, y_inf.clone())
+    handle.remove()

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional
 
 from .errors import StackError
+from .jsontext import JsonNestingError, loads_bounded
 
 # The row editor's JSON (the ``rows`` widget): {"version": 2, "options": {"separate_clip": bool},
 # "rows": [{"id", "on", "lora", "strength", "strength_clip" (null = same), "hash"}]}.
 STACK_VERSION = 2
 # The editor's slider range; v2 values are written by it, so a strength beyond is a hand edit gone wrong.
 V2_STRENGTH_LIMIT = 4.0
+# Plain row lists, A1111 tags and other packs' (name, model, clip) tuples are typed or generated
+# by hand: they may go beyond the sliders, up to core's LoraLoader range, never to an overflow.
+ROW_STRENGTH_LIMIT = 100.0
 
 
 @dataclass(frozen=True)
@@ -113,9 +117,12 @@ def parse_rows(rows: Any) -> LoraStack:
         if not text:
             return LoraStack()
         try:
-            rows = json.loads(text)
+            rows = loads_bounded(text)
         except json.JSONDecodeError as e:
             raise StackError(f"stack rows are not valid JSON ({e.msg} at char {e.pos})",
+                             fix='write rows as [{"on": true, "lora": "x.safetensors", "strength": 1.0}]') from None
+        except JsonNestingError as e:
+            raise StackError(f"stack rows are not valid JSON ({e})",
                              fix='write rows as [{"on": true, "lora": "x.safetensors", "strength": 1.0}]') from None
     if isinstance(rows, dict) and "version" in rows:
         return _parse_versioned(rows)
@@ -130,9 +137,9 @@ def parse_rows(rows: Any) -> LoraStack:
         name = row.get("lora") or row.get("name")
         if not name or name == "None":
             continue
-        strength = _number(row, "strength", 1.0, i)
-        clip = _number(row, "strength_clip", strength, i) if "strength_clip" in row else \
-            _number(row, "strengthTwo", strength, i)
+        strength = _bounded(row, "strength", 1.0, i, ROW_STRENGTH_LIMIT)
+        clip = _bounded(row, "strength_clip", strength, i, ROW_STRENGTH_LIMIT) if "strength_clip" in row else \
+            _bounded(row, "strengthTwo", strength, i, ROW_STRENGTH_LIMIT)
         entries.append(StackEntry(lora=str(name), strength_model=strength, strength_clip=clip,
                                   enabled=bool(row.get("on", row.get("active", True))),
                                   iclora=bool(row.get("iclora", False)),
@@ -182,12 +189,12 @@ def _parse_versioned(value: dict) -> LoraStack:
     return LoraStack(tuple(entries))
 
 
-def _bounded(row: dict, name: str, default: float, index: int) -> float:
+def _bounded(row: dict, name: str, default: float, index: int, limit: float = V2_STRENGTH_LIMIT) -> float:
     value = _number(row, name, default, index)
-    if abs(value) > V2_STRENGTH_LIMIT:
-        raise StackError(f"row {index + 1}: {name} {value:g} is outside the editor's range "
-                         f"±{V2_STRENGTH_LIMIT:g}", fix=f"use a strength between -{V2_STRENGTH_LIMIT:g} "
-                         f"and {V2_STRENGTH_LIMIT:g}")
+    if abs(value) > limit:
+        what = "the editor's range" if limit == V2_STRENGTH_LIMIT else "the range rows accept"
+        raise StackError(f"row {index + 1}: {name} {value:g} is outside {what} ±{limit:g}",
+                         fix=f"use a strength between -{limit:g} and {limit:g}")
     return value
 
 

@@ -81,8 +81,8 @@ orig = {k: v.clone() for k, v in net.state_dict().items()}
 x = torch.randn(6, N, generator=torch.Generator().manual_seed(9))
 
 def run(p):
-    mm.load_models_gpu([p], force_full_load=True)
-    with torch.no_grad():
+    with torch.inference_mode():  # as ComfyUI executes nodes: inject and forward inside it
+        mm.load_models_gpu([p], force_full_load=True)
         return net(x).clone()
 
 def chain(rows):

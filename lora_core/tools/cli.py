@@ -62,6 +62,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--energy", type=float, help="keep this fraction of each layer's energy (0-1]")
     e.add_argument("--to", choices=("kohya", "peft", "comfy"), default="comfy", help="naming (default comfy)")
     e.add_argument("--no-1d", action="store_true", help="leave out bias and norm changes")
+    e.add_argument("--device", default="cpu", help="where the SVDs run, e.g. cuda (default cpu)")
     _common(e)
     c = sub.add_parser("convert", help="rename a LoRA's modules to kohya, PEFT/diffusers or ComfyUI naming")
     c.add_argument("lora")
@@ -89,7 +90,17 @@ def _print_summary(command: str, out: str, result, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace, progress: Callable[[str], Callable[[int, int], None]]) -> int:
-    """Run one tool command; ``progress(label)`` makes a progress callback (a bar on a TTY)."""
+    """Run one tool command; ``progress(label)`` makes a progress callback (a bar on a TTY).
+
+    File-system failures (a read-only folder, a full disk) become one-line errors like any bad input."""
+    try:
+        return _run(args, progress)
+    except OSError as e:
+        raise PatchbayError(f"cannot read or write a file: {e.strerror or e}", file=e.filename,
+                            fix="check the path, its permissions and the free space") from None
+
+
+def _run(args: argparse.Namespace, progress: Callable[[str], Callable[[int, int], None]]) -> int:
     from .writer import check_target, write_lora
     dtype = DTYPES[args.dtype] if args.dtype else None
     if args.command == "merge":
@@ -110,7 +121,8 @@ def run(args: argparse.Namespace, progress: Callable[[str], Callable[[int, int],
         inputs = [args.base, args.tuned]
         check_target(args.out, force=args.force, inputs=inputs)
         result = extract(args.base, args.tuned, rank=args.rank, energy=args.energy, naming=args.to,
-                         dtype=dtype or torch.float16, include_1d=not args.no_1d, progress=progress("extracting"))
+                         dtype=dtype or torch.float16, include_1d=not args.no_1d, progress=progress("extracting"),
+                         device=None if args.device == "cpu" else args.device)
     elif args.command == "convert":
         from .convert import convert
         inputs = [args.lora, args.model]

@@ -35,7 +35,9 @@ def _label(x: StateDict, default: str) -> str:
 
 def extract(base: StateDict, tuned: StateDict, *, rank: Optional[int] = None, energy: Optional[float] = None,
             naming: str = "comfy", dtype: torch.dtype = torch.float16, include_1d: bool = True,
-            progress: Optional[Callable[[int, int], None]] = None, with_hashes: bool = True) -> ToolResult:
+            progress: Optional[Callable[[int, int], None]] = None, with_hashes: bool = True,
+            device: Optional[str] = None) -> ToolResult:
+    """``device``: where the SVDs run (e.g. "cuda"); the factors come back to the CPU."""
     if rank is None and energy is None:
         raise PatchbayError("extract needs a target", fix="pass --rank R or --energy E (e.g. 0.9)")
     rule = RankRule(rank, energy)
@@ -94,8 +96,8 @@ def extract(base: StateDict, tuned: StateDict, *, rank: Optional[int] = None, en
             tensors[name + ".diff"] = delta.to(dtype)
             layers.append(LayerReport(name, "diff", 0, kinds=("full",)))
             continue
-        low = low_rank(delta, rule)
-        up, down = factor_shapes(low.up.to(dtype), low.down.to(dtype), tuple(delta.shape))
+        low = low_rank(delta.to(device) if device else delta, rule)
+        up, down = factor_shapes(low.up.to("cpu", dtype), low.down.to("cpu", dtype), tuple(delta.shape))
         tensors.update(lora_tensors(name, up, down, naming))
         ranks[name] = low.rank
         layers.append(LayerReport(name, "dense-svd", low.rank, low.rel_error, low.energy, ("lora",)))

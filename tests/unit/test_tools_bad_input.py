@@ -121,3 +121,17 @@ def test_writer_refuses_non_finite_and_empty(tmp_path):
     with pytest.raises(PatchbayError, match="nothing to write"):
         writer.write_lora({}, str(tmp_path / "o.safetensors"))
     assert os.listdir(tmp_path) == []
+
+
+def test_unwritable_folder_is_one_line(files, tmp_path):
+    _, p = files
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        # root ignores folder permissions; /proc takes no new files from anyone
+        target = locked if not os.access(locked, os.W_OK) else "/proc"
+        _refused(run("merge", p["sd1"], "--out", os.path.join(target, "m.safetensors")), "cannot read or write")
+        assert os.listdir(locked) == []
+    finally:
+        locked.chmod(0o700)

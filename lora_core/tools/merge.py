@@ -7,7 +7,8 @@ Exact merge (the default), for plain LoRAs::
 
 (cᵢ = alphaᵢ / rᵢ; a LoRA on a fused-qkv slice gets zero rows elsewhere in
 its B; a Tucker core is contracted into A).  With a rank rule the
-concatenated product is truncated by SVD (:func:`.svd.low_rank_of_product`).
+concatenated product is truncated by SVD (:func:`.svd.low_rank_of_product`);
+so is a sum of ranks past the layer's full rank min(out, in·k), exactly.
 Modules of other kinds (LoHa, LoKr, full diffs) and DoRA have no exact
 low-rank form: their dense ΔW (``lora_core.stack_delta``, the merge patcher's
 own sum) is factorised by SVD, at the numerical rank when no rule is given;
@@ -275,7 +276,8 @@ def merge_group(g: Group, rule: RankRule, naming: str, dtype: torch.dtype,
                                  bias=bias),
                     LayerReport(g.name, "copy", w.rank, kinds=kinds))
         up, down = _concat(g)
-        if rule.exact:
+        # Ranks that add up past the layer's full rank: the exact SVD is smaller and just as exact.
+        if rule.exact and up.shape[1] <= min(up.shape[0], down.shape[1]):
             up, down = factor_shapes(up.to(dtype), down.to(dtype), shape)
             return (lora_tensors(g.name, up, down, naming, bias=bias),
                     LayerReport(g.name, "concat", int(down.shape[0]), kinds=kinds))

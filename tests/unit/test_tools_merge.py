@@ -175,3 +175,22 @@ def test_dora_needs_the_base_and_then_merges_densely(tmp_path):
     out = _write(result, tmp_path, "dora_merged.safetensors")
     ref = loaded_deltas([(src, 0.7)], base)
     assert worst_rel(loaded_deltas([(out, 1.0)], base), ref) <= 1e-5
+
+
+def test_mixed_namings_need_the_model_and_ranks_past_full_are_cut(lycoris_kohya, diffusers_unet_lora, tmp_path):
+    from safetensors.torch import save_file
+
+    from lora_core.errors import PatchbayError
+    with pytest.raises(PatchbayError, match="different namings.*--model"):
+        merge([Source(lycoris_kohya.path), Source(diffusers_unet_lora.path)])
+    g = torch.Generator().manual_seed(6)
+    t = {"lora_unet_x.lora_down.weight": torch.randn(5, 4, generator=g),
+         "lora_unet_x.lora_up.weight": torch.randn(3, 5, generator=g), "lora_unet_x.alpha": torch.tensor(5.0)}
+    src = str(tmp_path / "wide.safetensors")
+    save_file(t, src)
+    result = merge([Source(src, 1.0), Source(src, 0.5)])  # rank 10 on a 3×4 layer
+    (layer,) = result.layers
+    assert layer.method == "svd" and layer.rank == 3 and layer.rel_error < 1e-6
+    got = result.tensors["lora_unet_x.lora_up.weight"] @ result.tensors["lora_unet_x.lora_down.weight"]
+    want = 1.5 * t["lora_unet_x.lora_up.weight"] @ t["lora_unet_x.lora_down.weight"]
+    assert torch.allclose(got, want, atol=1e-5)

@@ -77,8 +77,21 @@ def name_check(filename: Optional[str]):
 
 def _write(result, filename: str, inputs) -> str:
     rel, path = output_path(filename)
+    created = []
+    folder = os.path.dirname(path)
+    while not os.path.isdir(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_lora(result.tensors, path, metadata=result.metadata, force=False, inputs=inputs)
+    try:
+        write_lora(result.tensors, path, metadata=result.metadata, force=False, inputs=inputs)
+    except BaseException:
+        for d in created:  # leave the loras folder as it was
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
     return rel
 
 

@@ -205,3 +205,23 @@ def test_converted_files_load_in_core_like_the_original(comfy, tool_loras, tiny_
     g = Graph()
     base = _probe(comfy, g, tiny_sd15_unet.load(g))
     _close(_loaded(comfy, tiny_sd15_unet, name, "core"), _loaded(comfy, tiny_sd15_unet, tool_loras[1], "core"), base)
+
+
+def test_nan_input_fails_the_node_and_leaves_no_file(comfy, tmp_path):
+    _require(comfy, "PatchbaySaveMergedLora", "PatchbayLoraStack")
+    from comfy_harness import PromptExecutionFailed
+    bad = _write_lora(tmp_path / "nan.safetensors", 31, 2.0)
+    from safetensors.torch import load_file
+    t = load_file(str(bad))
+    next(v for k, v in t.items() if k.endswith("lora_up.weight"))[0, 0] = float("nan")
+    save_file(t, str(bad))
+    name = comfy.add_model("loras", bad, f"patchbay_tools/nan_{uuid.uuid4().hex[:6]}.safetensors", copy=True)
+    loras = comfy.models_dir / "loras"
+    before = sorted(str(p.relative_to(loras)) for p in loras.rglob("*"))
+    g = Graph()
+    stack = g.node("PatchbayLoraStack", rows=json.dumps([{"on": True, "lora": name, "strength": 1.0}]))
+    g.node("PatchbaySaveMergedLora", lora_stack=stack[0], filename="patchbay_tools_new/from_nan", rank=0,
+           dtype="fp16")
+    with pytest.raises(PromptExecutionFailed, match="NaN or Inf"):
+        comfy.client.queue(g)
+    assert sorted(str(p.relative_to(loras)) for p in loras.rglob("*")) == before

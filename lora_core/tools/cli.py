@@ -31,7 +31,7 @@ def _source(text: str):
     return Source(text, 1.0)
 
 
-def _common(p: argparse.ArgumentParser, *, rank_required: bool = False) -> None:
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the LoRA file to write")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.add_argument("--json", action="store_true", help="print the per-layer report as JSON")

@@ -52,12 +52,16 @@ def test_locales_match_the_nodes_and_are_served(comfy_client):
     path = LOCALES / "nodeDefs.json"
     if os.environ.get("PATCHBAY_WRITE_LOCALES"):
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(expected, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        kept = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        # nodes this host lacks (another ComfyUI version registers them) keep their strings
+        merged = {k: v for k, v in kept.items() if k not in expected and k.startswith("Patchbay")}
+        merged.update(expected)
+        path.write_text(json.dumps(dict(sorted(merged.items())), indent=2, ensure_ascii=False) + "\n",
+                        encoding="utf-8")
     ours = json.loads(path.read_text(encoding="utf-8"))
     stale = sorted(k for k in expected if ours.get(k) != expected[k])
-    extra = sorted(set(ours) - set(expected))
-    assert not stale and not extra, (
-        f"locales/en/nodeDefs.json is out of date for {stale} (unknown: {extra}); rewrite it with "
+    assert not stale, (
+        f"locales/en/nodeDefs.json is out of date for {stale}; rewrite it with "
         "PATCHBAY_WRITE_LOCALES=1 pytest tests/integration/test_locales.py")
     for node_id, strings in ours.items():
         assert strings["display_name"] and strings.get("description"), node_id

@@ -2,11 +2,12 @@
 headless Chromium through Playwright.
 
 Per ComfyUI install: the extension loads without console errors, LoRA
-Stack's "Add LoRA" button appends a row picked from the real loras list (a
-real click in the context menu), "Toggle all" flips the rows, the rows widget
-stays one plain JSON string in the workflow and in the API prompt, and LoRA
-Info shows its text on the node after a real queue from the browser.  A
-screenshot of each version lands in the test's tmp dir.
+Stack's row editor adds a row picked from the real loras list (a real click
+in its picker), "Toggle all" flips the rows, the rows widget stays one plain
+JSON string in the workflow and in the API prompt, hostile file and folder
+names show as text, and LoRA Info shows its report on the node after a real
+queue from the browser.  A screenshot of each version lands in the test's
+tmp dir.  The editor's full walk-through is test_stack_editor.py.
 
 Frontend: each ComfyUI pins its frontend (0.3.64 → 1.27.10, 0.14 → 1.38.x).
 The venv has one frontend package; when the install wants another and a copy
@@ -123,8 +124,14 @@ def page(web_comfy, web_lora):
         browser.close()
 
 
+# 404s the pack's contract defines: coverage before any run, a file without a preview, no presets yet.
+EXPECTED_404 = ("/patchbay/coverage", "/patchbay/preview", "/userdata/lora-patchbay%2Fpresets.json")
+
+
 def _ours(entry) -> bool:
     kind, text, url = entry
+    if "Failed to load resource" in (text or "") and any(p in (url or "") for p in EXPECTED_404):
+        return False
     return "patchbay" in (url or "").lower() or "patchbay" in (text or "").lower()
 
 
@@ -144,17 +151,30 @@ def _rows(page, node_id: int) -> str:
     return page.evaluate("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'rows').value", node_id)
 
 
-def _click_button(page, node_id: int, label: str) -> None:
-    # The button's own callback, as a canvas click on it would run it.
-    page.evaluate(
-        """([id, label]) => {
-            const node = app.graph.getNodeById(id);
-            const w = node.widgets.find(w => w.type === 'button' && (w.name || w.label || '').includes(label));
-            if (!w) throw new Error('no button ' + label + ' among ' + node.widgets.map(w => w.name));
-            const r = app.canvas.canvas.getBoundingClientRect();
-            const ev = new MouseEvent('click', {clientX: r.left + 300, clientY: r.top + 200});
-            w.callback(w, app.canvas, node, [10, 10], ev);
-        }""", [node_id, label])
+VUE_I18N_BUG = ("Nodes 2.0 cannot render the node: its locale strings (locales/en/nodeDefs.json) hold '{', '}' or "
+                "'@', which vue-i18n compiles as placeholders (SyntaxError: Invalid token in placeholder)")
+
+
+def xfail_on_vue_render_error(page, node_id: int) -> None:
+    """Nodes 2.0 replaces a node it cannot render with "Node Render Error"; name the known cause."""
+    page.wait_for_timeout(300)
+    if page.locator(f'.node-error[data-node-id="{node_id}"]').count():
+        pytest.xfail(VUE_I18N_BUG)
+
+
+def _editor(page, node_id: int):
+    return page.locator(f'[data-testid=patchbay-stack][data-node="{node_id}"]')
+
+
+def _pick(page, node_id: int, name: str):
+    """A real click on the editor's "+ Add LoRA", then on the picker's entry for `name`."""
+    _editor(page, node_id).locator("[data-testid=pb-add]").click()
+    picker = page.locator("[data-testid=patchbay-picker]")
+    picker.wait_for(state="visible", timeout=15_000)
+    quoted = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    entry = picker.locator(f"[data-testid=pb-item][data-name={quoted}]").first
+    entry.wait_for(state="visible", timeout=15_000)
+    return picker, entry
 
 
 def test_extension_loads_without_errors(page, web_comfy):
@@ -163,7 +183,7 @@ def test_extension_loads_without_errors(page, web_comfy):
     assert served == 200
     names = page.evaluate("() => app.extensions.map(e => e.name)")
     assert "lora-patchbay.web" in names
-    assert page.evaluate("() => typeof globalThis.LoraPatchbay?.addLora") == "function"
+    assert page.evaluate("() => typeof globalThis.LoraPatchbay?.rows?.parseStack") == "function"
     errors = [e for e in page.patchbay_console if e[0] in ("error", "pageerror") and _ours(e)]
     assert not errors, errors
     fe = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || null")
@@ -177,35 +197,41 @@ def test_stack_add_lora_and_toggle_all(page, web_comfy, web_lora, tmp_path):
     before = _rows(page, nid)
     assert json.loads(before) == []
 
-    _click_button(page, nid, "Add LoRA")
-    entry = page.locator(".litecontextmenu .litemenu-entry", has_text=web_lora).first
-    entry.wait_for(state="visible", timeout=15_000)
+    _, entry = _pick(page, nid, web_lora)
     entry.click()
     page.wait_for_function("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'rows')"
                            ".value.includes('web_tiny_sd15')", arg=nid, timeout=10_000)
-    rows = json.loads(_rows(page, nid))
-    assert rows == [{"on": True, "lora": web_lora, "strength": 1.0, "strength_clip": 1.0}]
+    value = json.loads(_rows(page, nid))
+    assert value["version"] == 2 and value["options"] == {"separate_clip": False}
+    (row,) = value["rows"]
+    assert row["lora"] == web_lora and row["on"] is True and row["strength"] == 1.0 and row["strength_clip"] is None
+    assert re.fullmatch(r"r-[0-9a-f]{8}", row["id"])
 
-    # A second row through the same code path, then toggle all: all on → all off → all on.
-    assert page.evaluate("([id, n]) => LoraPatchbay.addLora(app.graph.getNodeById(id), n)", [nid, web_lora])
-    _click_button(page, nid, "Toggle all")
-    assert [r["on"] for r in json.loads(_rows(page, nid))] == [False, False]
-    _click_button(page, nid, "Toggle all")
-    assert [r["on"] for r in json.loads(_rows(page, nid))] == [True, True]
+    # A second row through the same picker, then toggle all: all on → all off → all on.
+    _pick(page, nid, web_lora)[1].click()
+    toggle = _editor(page, nid).locator("[data-testid=pb-toggle-all]")
+    toggle.click()
+    assert [r["on"] for r in json.loads(_rows(page, nid))["rows"]] == [False, False]
+    toggle.click()
+    assert [r["on"] for r in json.loads(_rows(page, nid))["rows"]] == [True, True]
 
-    # Workflow JSON and API prompt carry the rows as one plain JSON string; buttons add no values.
+    # Workflow JSON and API prompt carry the rows as one plain JSON string; the editor adds no value.
     saved = page.evaluate("(id) => app.graph.serialize().nodes.find(n => n.id === id).widgets_values", nid)
-    assert isinstance(saved[0], str) and len(json.loads(saved[0])) == 2
+    assert isinstance(saved[0], str) and len(json.loads(saved[0])["rows"]) == 2
     assert all(v is None or isinstance(v, str) for v in saved), saved
     prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
     (api_node,) = [n for n in prompt.values() if n["class_type"] == "PatchbayLoraStack"]
-    assert isinstance(api_node["inputs"]["rows"], str)
-    assert json.loads(api_node["inputs"]["rows"])[0]["lora"] == web_lora
+    assert set(api_node["inputs"]) <= {"rows", "stack"}
+    assert json.loads(api_node["inputs"]["rows"])["rows"][0]["lora"] == web_lora
 
-    # Non-JSON rows (pasted A1111 tags) are left alone.
-    page.evaluate("(id) => { app.graph.getNodeById(id).widgets.find(w => w.name === 'rows').value = '<lora:x:1>'; }", nid)
-    assert page.evaluate("(id) => LoraPatchbay.toggleAll(app.graph.getNodeById(id))", nid) is False
-    assert _rows(page, nid) == "<lora:x:1>"
+    # Pasted A1111 tags show as rows and stay as typed until the user edits a row.
+    page.evaluate("(id) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === 'rows');"
+                  " w.value = '<lora:x:0.5>'; w.callback?.(w.value); }", nid)
+    names = _editor(page, nid).locator("[data-testid=pb-row] .pb-name-text")
+    page.wait_for_function("(id) => document.querySelector(`[data-testid=patchbay-stack][data-node=\"${id}\"]`)"
+                           "?.querySelectorAll('[data-testid=pb-row]').length === 1", arg=nid, timeout=10_000)
+    assert names.all_text_contents() == ["x"]
+    assert _rows(page, nid) == "<lora:x:0.5>"
 
 
 # Hostile names (issue 8): a file and a folder whose names are HTML that runs script when parsed.
@@ -233,28 +259,37 @@ def _set_renderer(page, srv, vue: bool) -> bool:
 
 
 @pytest.mark.parametrize("renderer", ["classic", "vue"])
-def test_stack_menu_shows_hostile_names_as_text(page, web_comfy, hostile_loras, renderer):
+def test_stack_picker_shows_hostile_names_as_text(page, web_comfy, hostile_loras, renderer):
     srv, _ = web_comfy
     try:
         if not _set_renderer(page, srv, renderer == "vue"):
             pytest.skip("this frontend has no Vue node mode")
         page.evaluate("() => { delete window.__pwned; app.graph.clear(); }")
         nid = _add_node(page, "PatchbayLoraStack", (200, 120))
-        _click_button(page, nid, "Add LoRA")
-        menu = page.locator(".litecontextmenu").first
-        menu.wait_for(state="visible", timeout=15_000)
+        page.wait_for_timeout(800)
+        xfail_on_vue_render_error(page, nid)
+        if renderer == "vue" and not _editor(page, nid).count():
+            # Nodes 2.0 of frontend 1.27 shows no DOM widget: the rows stay raw JSON, with one notice.
+            page.get_by_text("cannot show the LoRA stack editor").first.wait_for(timeout=10_000)
+            assert page.evaluate("() => window.__pwned ?? null") is None
+            return
+        picker, entry = _pick(page, nid, hostile_loras[0])
         page.wait_for_timeout(1500)  # an injected <img src=x> has errored by now
-        texts = menu.locator(".litemenu-entry").all_text_contents()
+        texts = picker.locator("[data-testid=pb-item]").evaluate_all("els => els.map(e => e.title)")
         for name in hostile_loras:
             assert name in texts, f"{name!r} not shown as text among {texts}"
-        assert menu.locator("img, svg").count() == 0
+        assert f"{HOSTILE_FOLDER}/" in picker.locator("[data-testid=pb-folder]").all_text_contents()
+        assert picker.locator("img, svg").count() == 0
         SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"xss-menu-{srv.version}-{renderer}.png"))
+        page.screenshot(path=str(SHOTS / f"xss-picker-{srv.version}-{renderer}.png"))
         assert page.evaluate("() => window.__pwned ?? null") is None, "a file name ran script"
-        menu.locator(".litemenu-entry", has_text="onerror").first.click()
+        entry.click()
         page.wait_for_function("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'rows')"
                                ".value.includes('onerror')", arg=nid, timeout=10_000)
-        assert json.loads(_rows(page, nid))[0]["lora"] == HOSTILE_FILE
+        assert json.loads(_rows(page, nid))["rows"][0]["lora"] == HOSTILE_FILE
+        assert _editor(page, nid).locator(".pb-name-text").all_text_contents() == [HOSTILE_FILE]
+        assert _editor(page, nid).locator("img, svg").count() == 0
+        assert page.evaluate("() => window.__pwned ?? null") is None
     finally:
         if renderer == "vue":
             _set_renderer(page, srv, False)
@@ -272,13 +307,11 @@ def test_info_text_rendered_on_node(page, web_comfy, web_lora, tmp_path):
         w.value = name;
     }""", [nid, web_lora])
     page.evaluate("() => app.queuePrompt(0, 1)")
-    page.wait_for_function(
-        "(id) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === 'patchbay_info');"
-        " return w && (w.patchbayArea ? w.patchbayArea.value : w.value).includes('sha256'); }",
-        arg=nid, timeout=60_000)
-    area = page.locator("textarea.patchbay-info").first
-    area.wait_for(state="visible", timeout=10_000)
-    text = area.input_value()
+    report = page.locator("[data-testid=patchbay-info-node] [data-testid=pb-report]").first
+    report.wait_for(state="visible", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('[data-testid=patchbay-info-node] [data-testid=pb-report]')"
+                           ".textContent.includes('sha256')", timeout=10_000)
+    text = report.text_content()
     assert "patchbay_token" in text and "ranks: 4" in text
     page.evaluate("() => { app.canvas.ds.offset = [60, 70]; app.canvas.ds.scale = 1; app.graph.setDirtyCanvas(true, true); }")
     time.sleep(1.0)
@@ -293,37 +326,28 @@ def test_info_text_rendered_on_node(page, web_comfy, web_lora, tmp_path):
     assert not errors, errors
 
 
-def _dom_button(page, label: str):
-    """The DOM button of a Vue-rendered button widget (1.38: text inside; 1.27: a label before it)."""
-    button = page.get_by_role("button", name=label).or_(
-        page.locator(f"xpath=//label[contains(., '{label}')]/following::button[1]")).first
-    button.wait_for(state="visible", timeout=15_000)
-    return button
-
-
-def test_vue_nodes_mode_real_button_click(page, web_comfy, web_lora):
-    """Nodes 2.0 (Vue) renders widgets as DOM: click the real "Add LoRA" button and menu entry."""
+def test_vue_nodes_mode_real_clicks(page, web_comfy, web_lora):
+    """Nodes 2.0 (Vue) shows the same DOM editor: real clicks on "+ Add LoRA", the picker and Toggle all."""
     srv, _ = web_comfy
-    srv.client.post("/settings/Comfy.VueNodes.Enabled", True)
     try:
-        page.reload()
-        page.wait_for_function("() => window.app && window.app.graph && window.app.extensions"
-                               " && window.app.extensions.some(e => e.name === 'lora-patchbay.web')", timeout=120_000)
-        page.keyboard.press("Escape")
-        if not page.evaluate("() => !!app.extensionManager?.setting?.get?.('Comfy.VueNodes.Enabled')"):
+        if not _set_renderer(page, srv, True):
             pytest.skip("this frontend has no Vue node mode")
         page.evaluate("() => app.graph.clear()")
         nid = _add_node(page, "PatchbayLoraStack", (200, 120))
-        _dom_button(page, "Add LoRA").click()
-        entry = page.locator(".litecontextmenu .litemenu-entry", has_text=web_lora).first
-        entry.wait_for(state="visible", timeout=15_000)
-        entry.click()
+        page.wait_for_timeout(800)
+        xfail_on_vue_render_error(page, nid)
+        if not _editor(page, nid).count():
+            shown = page.evaluate("() => [...document.querySelectorAll('textarea')].some(t => t.value.trim() === '[]'"
+                                  " && t.getClientRects().length > 0)")
+            assert shown, "neither the editor nor the raw rows JSON is shown"
+            pytest.skip("Nodes 2.0 of this frontend shows the raw rows JSON (no DOM widgets)")
+        _pick(page, nid, web_lora)[1].click()
         page.wait_for_function("(id) => app.graph.getNodeById(id).widgets.find(w => w.name === 'rows')"
                                ".value.includes('web_tiny_sd15')", arg=nid, timeout=10_000)
-        assert json.loads(_rows(page, nid))[0]["lora"] == web_lora
-        _dom_button(page, "Toggle all").click()
-        assert json.loads(_rows(page, nid))[0]["on"] is False
+        assert json.loads(_rows(page, nid))["rows"][0]["lora"] == web_lora
+        _editor(page, nid).locator("[data-testid=pb-toggle-all]").click()
+        assert json.loads(_rows(page, nid))["rows"][0]["on"] is False
         errors = [e for e in page.patchbay_console if e[0] in ("error", "pageerror") and _ours(e)]
         assert not errors, errors
     finally:
-        srv.client.post("/settings/Comfy.VueNodes.Enabled", False)
+        _set_renderer(page, srv, False)

@@ -42,6 +42,11 @@ _EASE: dict[str, Callable[[float], float]] = {
 }
 
 
+# Keyframe multipliers are bounded like the schedule node's start/end fields, so
+# that strength × multiplier can never overflow a weight on its own.
+SCHEDULE_LIMIT = 10.0
+
+
 def make_schedule(keyframes: Iterable[tuple[float, float]] | Iterable[Keyframe],
                   interpolation: str = "linear") -> Schedule:
     """A validated schedule, keyframes sorted by start (stable for equal starts)."""
@@ -54,6 +59,10 @@ def make_schedule(keyframes: Iterable[tuple[float, float]] | Iterable[Keyframe],
         start, value = float(start), float(value)
         if not (math.isfinite(start) and math.isfinite(value)):
             raise StackError(f"keyframe {i + 1}: start and value must be finite numbers")
+        if abs(value) > SCHEDULE_LIMIT:
+            raise StackError(f"keyframe {i + 1}: multiplier {value:g} is outside ±{SCHEDULE_LIMIT:g}",
+                             fix=f"use multipliers between -{SCHEDULE_LIMIT:g} and {SCHEDULE_LIMIT:g} "
+                                 "(the row's strength sets the scale)")
         if not 0.0 <= start <= 1.0:
             raise StackError(f"keyframe {i + 1}: start {start} is outside 0..1",
                              fix="starts are fractions of sampling: 0 = first step, 1 = end (or write 50%)")

@@ -6,10 +6,32 @@ it patches.
 """
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 from ..lora_core.blocks import LAYOUT_NAMES, PRESETS, format_block_weights, parse_block_weights
-from .common import CATEGORY, as_stack, row_index, row_inputs
+from ..lora_core.errors import StackError
+from ..lora_core.stack import BlockWeights
+from .common import (CATEGORY, as_stack, finite_number, number_inputs_error, row_index, row_inputs,
+                     validation_result)
 
 CUSTOM = "custom (use block_vector)"
+
+
+def block_weights_from_inputs(preset: str, block_vector: str, a, b) -> Optional[BlockWeights]:
+    """The node's block weights (None clears them); StackError naming the input at fault."""
+    a, b = finite_number("A", a), finite_number("B", b)
+    where = "block_vector" if preset == CUSTOM else "preset"
+    try:
+        spec = parse_block_weights(block_vector if preset == CUSTOM else preset, a=a, b=b)
+    except StackError as e:
+        raise StackError(f"{where}: {e.message}", fix=e.fix) from None
+    if spec is not None:
+        bad = [(sel, v) for sel, v in (("default", spec.default),) + spec.rules if not math.isfinite(v)]
+        if bad:
+            raise StackError(f"{where}: the weight of {bad[0][0]} is {bad[0][1]!r}, not a finite number",
+                             fix="write finite numbers (or A/a/B/b)")
+    return spec
 
 
 class PatchbayLoraBlockWeights:
@@ -50,11 +72,23 @@ class PatchbayLoraBlockWeights:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, preset=None, block_vector=None, A=None, B=None):
+        numbers = number_inputs_error(cls, A=A, B=B)
+        if numbers or None in (preset, block_vector, A, B):  # None = linked: checked when it runs
+            return validation_result(numbers)
+        if preset != CUSTOM and preset not in PRESETS:
+            return f"preset {preset!r} is not one of this pack's presets"
+        try:
+            block_weights_from_inputs(preset, block_vector, A, B)
+        except StackError as e:
+            return str(e)
+        return True
+
     def execute(self, lora_stack, row, lora_name, preset, block_vector, A, B):
         stack = as_stack(lora_stack)
         index = row_index(stack, row, lora_name)
-        text = block_vector if preset == CUSTOM else preset
-        spec = parse_block_weights(text, a=float(A), b=float(B))
+        spec = block_weights_from_inputs(preset, block_vector, A, B)
         return stack.with_entry(index, block_weights=spec), format_block_weights(spec)
 
 

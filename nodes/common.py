@@ -5,7 +5,8 @@ Every node module imports from here (never from another node module), so
 """
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Mapping, Optional, Union
 
 from ..lora_core.errors import StackError
 from ..lora_core.stack import LoraStack, StackEntry, parse_rows
@@ -31,6 +32,62 @@ def strength_input(tooltip: str) -> tuple:
     """The pack's strength slider (−STRENGTH_LIMIT … STRENGTH_LIMIT)."""
     return ("FLOAT", {"default": 1.0, "min": -STRENGTH_LIMIT, "max": STRENGTH_LIMIT, "step": 0.01,
                       "round": 0.001, "display": "slider", "tooltip": tooltip})
+
+
+# ----------------------------------------------------------------- number inputs
+# ComfyUI's JSON parser reads NaN and ±Infinity, and its min/max check is false
+# for NaN; and once an input is named by VALIDATE_INPUTS ComfyUI skips its own
+# min/max check for it.  So the pack's validators check both, naming the input.
+
+def number_problem(name: str, value: Any, spec: Optional[Mapping] = None) -> Optional[str]:
+    """Why ``value`` may not be used for the FLOAT/INT input ``name`` (None when it may)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return f"{name} must be a number, got {value!r}"
+    if not math.isfinite(v):
+        return f"{name} must be a finite number, got {value!r}"
+    spec = spec or {}
+    lo, hi = spec.get("min"), spec.get("max")
+    if lo is not None and v < lo:
+        return f"{name} {v:g} is below its minimum {lo:g}"
+    if hi is not None and v > hi:
+        return f"{name} {v:g} is above its maximum {hi:g}"
+    return None
+
+
+def input_spec(node_cls, name: str) -> Mapping:
+    """The options dict of input ``name`` in ``node_cls.INPUT_TYPES()`` ({} when it has none)."""
+    types = node_cls.INPUT_TYPES()
+    for group in ("required", "optional"):
+        entry = types.get(group, {}).get(name)
+        if entry is not None:
+            return entry[1] if len(entry) > 1 and isinstance(entry[1], Mapping) else {}
+    return {}
+
+
+def number_inputs_error(node_cls, **values: Any) -> Optional[str]:
+    """Queue-time message for the number inputs of ``node_cls`` among ``values``, or None.
+
+    Inputs whose value is None (linked from another node) are checked when the node runs.
+    """
+    problems = [p for name, value in values.items() if value is not None
+                for p in [number_problem(name, value, input_spec(node_cls, name))] if p]
+    return "; ".join(problems) or None
+
+
+def finite_number(name: str, value: Any) -> float:
+    """``value`` as a float; a StackError naming ``name`` when it is not a finite number (run time)."""
+    problem = number_problem(name, value)
+    if problem:
+        raise StackError(problem, fix="use a finite number (check the node or value feeding this input)")
+    return float(value)
+
+
+def validation_result(*messages: Optional[str]) -> Union[bool, str]:
+    """``True`` when every message is None, else the messages joined (for VALIDATE_INPUTS)."""
+    found = [m for m in messages if m]
+    return True if not found else "; ".join(found)
 
 
 # ----------------------------------------------------------------- names and tags

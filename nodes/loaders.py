@@ -7,7 +7,8 @@ from __future__ import annotations
 from ..lora_core.stack import LoraStack, StackEntry
 from . import files
 from .apply import apply_stack
-from .common import CATEGORY, MODE_TOOLTIP, MODES, strength_input
+from .common import (CATEGORY, MODE_TOOLTIP, MODES, finite_number, number_inputs_error, strength_input,
+                     validation_result)
 
 
 class PatchbayLoraLoader:
@@ -42,17 +43,16 @@ class PatchbayLoraLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name=None):
-        if lora_name is None:  # linked from another node: checked when it runs
-            return True
-        err = files.validation_error(lora_name)
-        return True if err is None else err
+    def VALIDATE_INPUTS(cls, lora_name=None, strength_model=None, strength_clip=None):
+        # None = linked from another node: checked when it runs
+        return validation_result(None if lora_name is None else files.validation_error(lora_name),
+                                 number_inputs_error(cls, strength_model=strength_model, strength_clip=strength_clip))
 
     def load(self, model, lora_name, strength_model, strength_clip, enabled, mode, clip=None):
         if not enabled:
             return (model, clip)
-        stack = LoraStack((StackEntry(lora=lora_name, strength_model=float(strength_model),
-                                      strength_clip=float(strength_clip)),))
+        stack = LoraStack((StackEntry(lora=lora_name, strength_model=finite_number("strength_model", strength_model),
+                                      strength_clip=finite_number("strength_clip", strength_clip)),))
         applied = apply_stack(model, clip, stack, mode)
         return (applied.model, applied.clip)
 

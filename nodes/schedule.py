@@ -5,8 +5,30 @@ side path; the per-step wrapper lives in the door (``host.wrappers``).
 """
 from __future__ import annotations
 
+from typing import Optional
+
+from ..lora_core.errors import StackError
 from ..lora_core.schedule import INTERPOLATIONS, format_schedule, parse_schedule, ramp
-from .common import CATEGORY, as_stack, row_index, row_inputs
+from ..lora_core.stack import Schedule
+from .common import (CATEGORY, as_stack, finite_number, number_inputs_error, row_index, row_inputs,
+                     validation_result)
+
+
+def schedule_from_inputs(keyframes: str, start_strength, end_strength, start_percent, end_percent,
+                         interpolation: str) -> Schedule:
+    """The node's schedule: its keyframes text, else the ramp of the four number fields.
+
+    Raises StackError naming the input at fault (non-finite numbers, multipliers beyond ±10).
+    """
+    try:
+        schedule = parse_schedule(keyframes, interpolation)
+    except StackError as e:
+        raise StackError(f"keyframes: {e.message}", fix=e.fix) from None
+    if schedule is not None:
+        return schedule
+    return ramp(finite_number("start_strength", start_strength), finite_number("end_strength", end_strength),
+                finite_number("start_percent", start_percent), finite_number("end_percent", end_percent),
+                interpolation)
 
 
 class PatchbayLoraSchedule:
@@ -49,14 +71,25 @@ class PatchbayLoraSchedule:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, keyframes=None, start_strength=None, end_strength=None, start_percent=None,
+                        end_percent=None):
+        numbers = number_inputs_error(cls, start_strength=start_strength, end_strength=end_strength,
+                                      start_percent=start_percent, end_percent=end_percent)
+        text: Optional[str] = None
+        if keyframes is not None:  # None = linked from another node: checked when it runs
+            try:
+                parse_schedule(keyframes)
+            except StackError as e:
+                text = f"keyframes: {e}"
+        return validation_result(numbers, text)
+
     def execute(self, lora_stack, row, lora_name, keyframes, start_strength, end_strength,
                 start_percent, end_percent, interpolation):
         stack = as_stack(lora_stack)
         index = row_index(stack, row, lora_name)
-        schedule = parse_schedule(keyframes, interpolation)
-        if schedule is None:
-            schedule = ramp(float(start_strength), float(end_strength), float(start_percent),
-                            float(end_percent), interpolation)
+        schedule = schedule_from_inputs(keyframes, start_strength, end_strength, start_percent, end_percent,
+                                        interpolation)
         return stack.with_entry(index, schedule=schedule), format_schedule(schedule)
 
 

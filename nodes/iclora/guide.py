@@ -20,7 +20,7 @@ from ...lora_core.iclora import (
     guide_keyframe_coords, guide_noise_mask, mask_to_token_weights, next_record, plan_guide,
 )
 from .. import host
-from ..common import IC_CATEGORY
+from ..common import IC_CATEGORY, finite_number, number_inputs_error, validation_result
 from .sampling import apply_model_window_wrapper, outer_sample_wrapper
 from .shared import (CROP_MODES, GUIDE_COND_KEYS, GUIDE_WRAPPER_KEY, LATENT_CHANNELS, STATE_KEY, cond_value,
                      resize_images)
@@ -273,10 +273,18 @@ class PatchbayICLoraGuide:
             },
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, strength=None, attention_strength=None, start_percent=None, end_percent=None):
+        return validation_result(number_inputs_error(cls, strength=strength, attention_strength=attention_strength,
+                                                     start_percent=start_percent, end_percent=end_percent))
+
     def execute(self, positive, negative, vae, latent, guide, frame_idx, strength, attention_strength, crop,
                 start_percent, end_percent, ic_lora=None, attention_mask=None):
-        return add_guide(positive, negative, vae, latent, guide, frame_idx, strength, attention_strength,
-                         attention_mask, ic_lora, crop, start_percent, end_percent)
+        numbers = {n: finite_number(n, v) for n, v in (("strength", strength), ("attention_strength",
+                   attention_strength), ("start_percent", start_percent), ("end_percent", end_percent))}
+        return add_guide(positive, negative, vae, latent, guide, frame_idx, numbers["strength"],
+                         numbers["attention_strength"], attention_mask, ic_lora, crop, numbers["start_percent"],
+                         numbers["end_percent"])
 
 
 class PatchbayICLoraCropGuides:

@@ -10,7 +10,8 @@ from ...lora_core.iclora import merge_factors
 from ...lora_core.stack import LoraStack, StackEntry
 from .. import files, host
 from ..apply import apply_stack
-from ..common import IC_CATEGORY, MODE_TOOLTIP, MODES, strength_input
+from ..common import (IC_CATEGORY, MODE_TOOLTIP, MODES, finite_number, number_inputs_error, strength_input,
+                      validation_result)
 from ..ic_params import file_ic_lora
 from .panel import panel_outer_sample_wrapper
 from .shared import CORE_METADATA_ATTACHMENT, CROP_CHOICES, LEGACY_CROP_MODES, LOADED_ATTACHMENT_KEY, PANEL_WRAPPER_KEY
@@ -41,10 +42,17 @@ class PatchbayICLoraLoader:
                 "node. manual: use IC-LoRA Crop Guides / Crop Panel yourself (two-stage pipelines).")}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, lora_name=None, strength=None):
+        # None = linked from another node: checked when it runs
+        return validation_result(None if lora_name is None else files.validation_error(lora_name),
+                                 number_inputs_error(cls, strength=strength))
+
     def execute(self, model, lora_name, strength, enabled, mode="merge", crop="auto"):
         if mode in LEGACY_CROP_MODES:
             mode, crop = "merge", LEGACY_CROP_MODES[mode]
         auto = crop == "auto"
+        strength = finite_number("strength", strength)
         params, meta = file_ic_lora(lora_name, strength, enabled, auto)
         k = params.reference_downscale_factor
         loaded = list(host.attachment(model, LOADED_ATTACHMENT_KEY, []))

@@ -164,10 +164,10 @@ out["empty_stack_is_input"] = apply(base, build("[]")[0], "merge")[0] is base
 ic_rows = json.dumps([{"on": True, "lora": "ic.safetensors", "strength": 1.0, "iclora": True},
                       {"on": True, "lora": "a.safetensors", "strength": 0.5}])
 ic = apply(base, build(ic_rows)[0], "merge")[4]
-out["ic_factor"] = ic.get("reference_downscale_factor")
-out["ic_enabled"] = bool(ic.get("enabled"))
+out["ic_factor"] = ic.reference_downscale_factor  # a typed ICLora
+out["ic_enabled"] = ic.enabled
 ic_off = apply(base, build(ic_rows.replace('"strength": 1.0', '"strength": 0.0'))[0], "merge")[4]
-out["ic_zero_enabled"] = bool(ic_off.get("enabled"))
+out["ic_zero_enabled"] = ic_off.enabled
 print("RESULT " + json.dumps(out))
 ''')
 

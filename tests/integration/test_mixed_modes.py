@@ -2,7 +2,8 @@
 (issue 8: "a base-dependent kind in bypass next to merged rows gives another model").
 
 A child process imports each installed ComfyUI (no server), writes LyCORIS-style
-files of every base-dependent kind (DoRA, OFT, BOFT, IA3, GLoRA) plus LoKr and
+files of every base-dependent kind (DoRA, OFT, BOFT, IA3 of LyCORIS and of PEFT,
+whose bias rule scales the layer bias, GLoRA) plus LoKr and
 plain LoRA, and runs the pack's loader in chains of every order and mode through
 ``load_models_gpu``.  Every chain's output must equal the all-merged chain's
 (fp32 model, so the tolerance is fp32 rounding), and the base comes back
@@ -27,7 +28,7 @@ sys.path.insert(0, os.getcwd())
 import comfy.options; comfy.options.enable_args_parsing()
 import torch
 import folder_paths, comfy.model_patcher, comfy.model_management as mm
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 REPO = os.environ["PATCHBAY_REPO"]
 spec = importlib.util.spec_from_file_location("lora-patchbay", os.path.join(REPO, "__init__.py"),
                                               submodule_search_locations=[REPO])
@@ -63,6 +64,11 @@ module_file("glora", 7, lambda g: {".a1.weight": rnd(g, N, R), ".a2.weight": rnd
                                    ".b1.weight": rnd(g, N, R), ".b2.weight": rnd(g, R, N),
                                    ".alpha": torch.tensor(2.0)})
 
+# PEFT IA3 (no adapter_config: the (out, 1) shape says output axis): scales the bias too
+g = torch.Generator().manual_seed(8)
+save_file({f"base_model.model.blocks.{i}.ia3_l": (1 + rnd(g, N, 1, s=0.5)).contiguous() for i in range(L)},
+          os.path.join(d, "ia3_peft.safetensors"))
+
 class Net(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -96,7 +102,7 @@ def rel(a, b):
 
 y_base = run(base)
 out = {"cases": {}}
-KINDS = ["dora", "oft", "boft", "ia3", "glora"]
+KINDS = ["dora", "oft", "boft", "ia3", "ia3_peft", "glora"]
 for kind in KINDS:
     rows = [("lokr", 0.8), (kind, 0.7), ("lora", -0.6)]
     want = run(chain([(n, s, "merge") for n, s in rows]))
@@ -115,6 +121,12 @@ for kind in KINDS:
     rev = [(kind, 0.7, "bypass"), ("lokr", 0.8, "merge"), ("lora", -0.6, "auto")]
     case["reversed"] = rel(run(chain(rev)), want)
     out["cases"][kind] = case
+
+# PEFT's bias rule reaches the host's merge: b' = b ⊙ v
+mm.load_models_gpu([chain([("ia3_peft", 1.0, "merge")])], force_full_load=True)
+v = load_file(os.path.join(d, "ia3_peft.safetensors"))["base_model.model.blocks.0.ia3_l"].flatten()
+b_now = net.state_dict()["diffusion_model.blocks.0.bias"].clone()
+out["peft_ia3_bias_err"] = rel(b_now, orig["diffusion_model.blocks.0.bias"] * v)
 
 # every base-dependent kind bypassed at once next to merged rows
 rows = [("lokr", 0.8, "merge")] + [(k, 0.3, "bypass") for k in KINDS] + [("lora", 0.5, "merge")]
@@ -141,12 +153,16 @@ def mixed_result(comfy_install):
 TOL = 1e-4  # fp32 model: rounding only
 
 
-@pytest.mark.parametrize("kind", ["dora", "oft", "boft", "ia3", "glora"])
+@pytest.mark.parametrize("kind", ["dora", "oft", "boft", "ia3", "ia3_peft", "glora"])
 def test_any_chain_of_modes_equals_all_merged(mixed_result, kind):
     case = mixed_result["cases"][kind]
     assert case["effect"] > 1e-2, case  # the kind's row really changes the model
     bad = {label: err for label, err in case.items() if label != "effect" and err > TOL}
     assert not bad, f"{kind}: chains differ from all-merged by {bad} (row effect {case['effect']:.3g})"
+
+
+def test_peft_ia3_scales_the_layer_bias_in_the_host(mixed_result):
+    assert mixed_result["peft_ia3_bias_err"] <= TOL
 
 
 def test_every_kind_bypassed_next_to_merged_rows(mixed_result):

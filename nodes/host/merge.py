@@ -401,11 +401,16 @@ def sync_merged(patcher) -> SyncStats:
     return stats
 
 
+SYNC_BLOCK_ELEMENTS = 1 << 20  # fp32 row blocks of 4 MiB: W₀ block, ΔW block and result stay in cache
+
+
 def _rewrite(patcher, key: str, param: torch.Tensor, w0: torch.Tensor) -> None:
     """``patch_weight_to_device`` for one key, reading W₀ from the backup, writing in place."""
     device = param.device
     compute_dtype = getattr(comfy.model_management, "lora_compute_dtype", None)
     temp_dtype = compute_dtype(device) if compute_dtype is not None else torch.float32
+    if _rewrite_blocks(patcher, key, param, w0, temp_dtype):
+        return
     with torch.inference_mode():  # as ComfyUI patches; the reused buffer is then always an inference tensor
         # = cast_to_device(w0, device, temp_dtype, copy=True), into a reused buffer (no page faults)
         temp = _workspace(device, temp_dtype, w0.numel()).view(w0.shape)
@@ -416,6 +421,46 @@ def _rewrite(patcher, key: str, param: torch.Tensor, w0: torch.Tensor) -> None:
         else:
             out = comfy.float.stochastic_rounding(out, param.dtype, seed=comfy.utils.string_to_seed(key))
             param.data.copy_(out)
+
+
+def _rewrite_blocks(patcher, key: str, param: torch.Tensor, w0: torch.Tensor, temp_dtype: torch.dtype) -> bool:
+    """The common case in one read of W₀ and one write of the weight: the key's only patch is
+    our adapter with base-independent contributions, on an fp32/fp16/bf16 weight.
+
+    Per row block ``W' = round(fp32(W₀) + D)`` — elementwise the very operations of the
+    load path (ComfyUI's fp32 copy, our ``add_`` of the same cached ``D``, its rounding),
+    so the bits agree; it only skips the full-size temporaries.  Returns False when the
+    general path must run.
+    """
+    patches = patcher.patches.get(key) or ()
+    if len(patches) != 1 or not _is_ours(patches[0]):
+        return False
+    strength, adapter, strength_model, offset, function = patches[0][:5]
+    contribs = adapter.contributions
+    if (strength != 1.0 or strength_model != 1.0 or offset is not None or function is not None
+            or not base_independent(contribs)
+            or param.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+            or temp_dtype not in (torch.float32, w0.dtype)  # a lossy temp cast: take ComfyUI's path
+            or param.shape != w0.shape or not param.is_contiguous() or not w0.is_contiguous()
+            or param.dim() == 0):
+        return False
+    shape = param.shape
+    with torch.inference_mode():
+        d = cached_delta(key, contribs, param, target_shape(key, contribs, shape))
+        if d.shape != shape:
+            return False
+        rows = shape[0]
+        cols = param.numel() // rows
+        block = max(1, SYNC_BLOCK_ELEMENTS // max(cols, 1))
+        ws = _workspace(param.device, torch.float32, min(rows, block) * cols)
+        src, dv, dst = w0.view(rows, cols), d.reshape(rows, cols), param.data.view(rows, cols)
+        for r0 in range(0, rows, block):
+            r1 = min(rows, r0 + block)
+            x = ws[: (r1 - r0) * cols].view(r1 - r0, cols)
+            x.copy_(src[r0:r1])
+            x.add_(dv[r0:r1])
+            dst[r0:r1].copy_(x)
+    return True
 
 
 _WORKSPACES: dict[tuple[str, torch.dtype], torch.Tensor] = {}

@@ -30,6 +30,7 @@ import sys
 import urllib.parse
 from typing import Any, Optional
 
+from ..lora_core.api import open_lora
 from ..lora_core.cache import ByteLRU, env_bytes
 from ..lora_core.errors import PatchbayError, StackError
 from ..lora_core.resolve import guess_lora_family
@@ -155,7 +156,9 @@ def header_summary(path: str) -> dict:
     (cached by path, mtime and size); an unreadable file gets ``error``."""
     def compute() -> dict:
         try:
-            lora = files.load(path)
+            # parsed outside the run-time file cache: listing a large library must
+            # not evict the files a prompt is using (the summary itself is cached)
+            lora = open_lora(path, cache=None)
             return {"format": lora.format, "family": guess_lora_family(lora)}
         except Exception as e:  # one bad file must not hide the others
             message = e.message if isinstance(e, PatchbayError) else f"{type(e).__name__}: {e}"

@@ -5,6 +5,8 @@ Two families:
 * LTX-style video guides (``geometry``, ``dilation``, ``coords``, ``masks``,
   ``crop``): a reference latent is appended to the video latent along time,
   kept clean, positioned over the target frames and removed after sampling.
+* Packed audio-video latents (``av``): the video part of LTX-2's flat
+  sampler latent, where the guides live.
 * Image panels (``panel``): reference and target share one canvas; the
   reference panel is kept by the noise mask and cropped away afterwards.
 
@@ -26,6 +28,7 @@ from .crop import (GuideRecord, WindowSelection, count_appended_frames, crop_gui
 from .panel import LAYOUTS, PanelLayout, panel_layout, crop_panels, panel_noise_mask
 from .metadata import ICLora, ICParams, ic_lora_for_file, ic_lora_for_stack_rows, merge_factors, parse_ic_metadata
 from .attention import mask_to_token_weights, token_bias, biased_attention
+from .av import crop_packed_video, pack, scatter_packed_video, select_packed_video, split_packed, video_frames
 
 __all__ = [
     "ICLoraError", "VAE_SCALE", "GuidePlan", "plan_guide", "trim_to_8n1", "resolve_frame_idx",
@@ -35,5 +38,6 @@ __all__ = [
     "keep_index_for_window", "next_record", "step_active", "WindowSelection", "window_selection",
     "guides_active", "step_of_sigma", "present_guide_weights", "LAYOUTS", "PanelLayout", "panel_layout", "crop_panels", "panel_noise_mask",
     "ICParams", "parse_ic_metadata", "merge_factors", "ICLora", "ic_lora_for_file", "ic_lora_for_stack_rows", "mask_to_token_weights", "token_bias",
-    "biased_attention",
+    "biased_attention", "crop_packed_video", "pack", "scatter_packed_video", "select_packed_video",
+    "split_packed", "video_frames",
 ]

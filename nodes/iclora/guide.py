@@ -22,8 +22,8 @@ from ...lora_core.iclora import (
 from .. import host
 from ..common import IC_CATEGORY, finite_number, number_inputs_error, validation_result
 from .sampling import apply_model_window_wrapper, outer_sample_wrapper
-from .shared import (CROP_MODES, GUIDE_COND_KEYS, GUIDE_WRAPPER_KEY, LATENT_CHANNELS, STATE_KEY, cond_value,
-                     resize_images)
+from .shared import (CROP_MODES, GUIDE_COND_KEYS, GUIDE_WRAPPER_KEY, HAS_AV_LATENTS, LATENT_CHANNELS, STATE_KEY,
+                     av_join, av_parts, cond_value, resize_images)
 
 log = logging.getLogger("lora-patchbay.iclora")
 
@@ -55,27 +55,71 @@ def _check_vae(vae):
     return tuple(int(v) for v in formula)
 
 
-def _check_latent(latent) -> torch.Tensor:
+def _check_latent(latent, part: str = "") -> torch.Tensor:
+    """The video latent tensor; ``part`` names it inside a combined latent ("the video part of ...")."""
     if not isinstance(latent, dict) or "samples" not in latent:
         raise ICLoraError("The latent input is not a LATENT", fix="connect a video latent")
     s = latent["samples"]
+    what = part or "The latent"
     if getattr(s, "is_nested", False):
-        raise ICLoraError("Adding an IC-LoRA guide to a combined audio-video latent is not supported",
-                          fix="add the guide to the video latent before LTXVConcatAVLatent, and crop "
-                              "(PatchbayICLoraCropGuides) after LTXVSeparateAVLatent")
+        raise ICLoraError(f"{what} is itself a combined latent", fix="connect one LTXVConcatAVLatent output")
     if s.ndim == 4:
-        raise ICLoraError(f"The latent is an image latent {tuple(s.shape)}, but IC-LoRA guides need a video "
+        raise ICLoraError(f"{what} is an image latent {tuple(s.shape)}, but IC-LoRA guides need a video "
                           "latent (B, 128, frames, H, W)",
                           fix="use EmptyLTXVLatentVideo (or another LTX video latent); for image models use "
                               "PatchbayICLoraPanel")
     if s.ndim != 5:
-        raise ICLoraError(f"The latent has shape {tuple(s.shape)}; expected a 5-D LTX video latent")
+        raise ICLoraError(f"{what} has shape {tuple(s.shape)}; expected a 5-D LTX video latent")
     if s.shape[1] != LATENT_CHANNELS:
-        raise ICLoraError(f"The latent has {s.shape[1]} channels, an LTX video latent has {LATENT_CHANNELS}: "
-                          "this looks like a combined audio-video latent or another model's latent",
-                          fix="add the guide to the video latent before LTXVConcatAVLatent, and crop "
-                              "after LTXVSeparateAVLatent")
+        if part or HAS_AV_LATENTS:
+            raise ICLoraError(f"{what} has {s.shape[1]} channels, an LTX video latent has {LATENT_CHANNELS}: "
+                              "this is another model's latent, not an LTX video or audio-video latent",
+                              fix="connect an LTX video latent, or the LTXVConcatAVLatent output of one")
+        raise ICLoraError(f"The latent has {s.shape[1]} channels, an LTX video latent has {LATENT_CHANNELS}; "
+                          "this ComfyUI has no combined audio-video latents (LTX-2 audio-video needs ComfyUI "
+                          "v0.14 or later), so it is another model's latent",
+                          fix="connect an LTX video latent (add the guide before LTXVConcatAVLatent after "
+                              "updating ComfyUI)")
     return s
+
+
+def _video_part(latent) -> tuple[dict, list, list | None] | None:
+    """A combined audio-video latent split into ``(video latent dict, other parts, their masks)``;
+    None for a plain video latent.  A plain tensor noise mask of a combined latent is the video's
+    (the sampler gives the other parts ones)."""
+    if not isinstance(latent, dict):
+        return None
+    parts = av_parts(latent.get("samples"))
+    if parts is None:
+        return None
+    if len(parts) < 2:
+        raise ICLoraError(f"The combined latent has {len(parts)} part(s); expected video + audio",
+                          fix="connect the output of LTXVConcatAVLatent")
+    mask = latent.get("noise_mask")
+    masks = av_parts(mask) if mask is not None else None
+    video = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask")}
+    video["samples"] = parts[0]
+    if masks is not None:
+        video["noise_mask"] = masks[0]
+        masks = masks[1:]
+    elif mask is not None:
+        video["noise_mask"] = mask
+    _check_latent(video, "The video part of the combined audio-video latent")
+    return video, parts[1:], masks
+
+
+def _rejoin(video: dict, others: list, other_masks: list | None) -> dict:
+    """The combined latent of a (guided or cropped) video latent dict and the untouched other parts.
+    Where the video has a noise mask and the others none, they get ones (as LTXVConcatAVLatent does)."""
+    out = {k: v for k, v in video.items() if k not in ("samples", "noise_mask")}
+    out["samples"] = av_join([video["samples"], *others])
+    vmask = video.get("noise_mask")
+    if vmask is not None or other_masks is not None:
+        if vmask is None:
+            vmask = torch.ones_like(video["samples"])
+        rest = other_masks if other_masks is not None else [torch.ones_like(o) for o in others]
+        out["noise_mask"] = av_join([vmask, *rest])
+    return out
 
 
 def _check_guide_image(image) -> torch.Tensor:
@@ -95,6 +139,13 @@ def add_guide(positive, negative, vae, latent, image, frame_idx: int, strength: 
     if not params.active:
         log.info("IC-LoRA %s is disabled or at strength 0: its guide is not added", params.lora)
         return positive, negative, latent
+    split = _video_part(latent)
+    if split is not None:  # LTX-2 audio-video: the guide goes on the video part, audio is untouched
+        video, others, other_masks = split
+        positive, negative, video = add_guide(positive, negative, vae, video, image, frame_idx, strength,
+                                              attention_strength, attention_mask, params, crop, start_percent,
+                                              end_percent, causal_fix)
+        return positive, negative, _rejoin(video, others, other_masks)
 
     scale = _check_vae(vae)
     samples = _check_latent(latent)
@@ -198,10 +249,12 @@ def add_guide(positive, negative, vae, latent, image, frame_idx: int, strength: 
 
 def crop_guides_from(positive, negative, latent):
     """Remove appended guide frames (if not already removed) and clear the guide keys."""
+    split = _video_part(latent)
+    if split is not None:  # crop the video part; audio passes through untouched
+        video, others, other_masks = split
+        positive, negative, video = crop_guides_from(positive, negative, video)
+        return positive, negative, _rejoin(video, others, other_masks)
     samples = latent["samples"]
-    if getattr(samples, "is_nested", False):
-        raise ICLoraError("Cannot crop guides on a combined audio-video latent",
-                          fix="put LTXVSeparateAVLatent before PatchbayICLoraCropGuides")
     state = get_state(positive) or latent.get(STATE_KEY)
     if state:
         count, base = count_appended_frames(state["guides"]), int(state["base_frames"])

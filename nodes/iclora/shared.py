@@ -5,6 +5,13 @@ import torch
 
 import comfy.utils
 
+try:  # LTX-2 combined audio-video latents (ComfyUI v0.14+); older hosts have none
+    from comfy.nested_tensor import NestedTensor
+except ImportError:  # pragma: no cover - depends on the host
+    NestedTensor = None
+
+HAS_AV_LATENTS = NestedTensor is not None
+
 STATE_KEY = "patchbay_iclora_guides"              # our guide record, in conditioning and latent dicts
 PANEL_LATENT_KEY = "patchbay_panel"               # panel crop description, in a panel LATENT dict
 PANEL_ATTR = "_patchbay_panel"                    # the same, as an attribute of the panel latent tensor
@@ -26,6 +33,16 @@ def cond_value(cond, key, default=None):
         if key in entry[1]:
             return entry[1][key]
     return default
+
+
+def av_parts(samples) -> list | None:
+    """The parts (video, audio, ...) of a combined audio-video latent, or None for a plain tensor."""
+    return list(samples.unbind()) if getattr(samples, "is_nested", False) else None
+
+
+def av_join(parts):
+    """A combined audio-video latent (``LTXVConcatAVLatent``'s type) of ``parts``, video first."""
+    return NestedTensor(list(parts))
 
 
 def resize_images(images: torch.Tensor, width: int, height: int, crop: str) -> torch.Tensor:

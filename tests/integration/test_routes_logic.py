@@ -46,6 +46,8 @@ lora(os.path.join(d, "b.safetensors"), 2)
 for name in ("sub/a.png", "sub/a.preview.webp", "b.jpg"):
     open(os.path.join(d, name), "wb").write(b"img")
 
+api = sys.modules["lora-patchbay.lora_core.api"]
+cached_files = len(api.FILE_CACHE)
 first = routes.list_loras()
 hits, misses = routes.CACHE.hits, routes.CACHE.misses
 second = routes.list_loras()
@@ -56,6 +58,7 @@ lora(os.path.join(d, "b.safetensors"), 3)  # edited: new mtime (and same size)
 misses = routes.CACHE.misses
 routes.list_loras()
 out["edited_reread"] = routes.CACHE.misses - misses
+out["file_cache_growth"] = len(api.FILE_CACHE) - cached_files  # listing keeps no parsed files
 out["list"] = first
 out["preview_a"] = os.path.basename(routes.preview_path(os.path.join(d, "sub", "a.safetensors"))[0])
 out["preview_b"] = routes.preview_path(os.path.join(d, "b.safetensors"))[1]
@@ -103,6 +106,7 @@ def test_list_is_cached_by_path_mtime_and_size(result):
     assert result["same_list"]
     assert result["second_all_hits"] == [2, 0]
     assert result["edited_reread"] == 1
+    assert result["file_cache_growth"] == 0
     names = [i["name"] for i in result["list"]["loras"]]
     assert names == ["b.safetensors", "sub/a.safetensors"]
     a = result["list"]["loras"][1]

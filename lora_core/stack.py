@@ -182,9 +182,13 @@ def _parse_versioned(value: dict) -> LoraStack:
             raise StackError(f"row {i + 1}: on must be true or false, got {on!r}")
         strength = _bounded(row, "strength", 1.0, i)
         clip = _bounded(row, "strength_clip", strength, i) if separate else strength
+        file_hash = row.get("hash") or None
+        if file_hash is not None and not isinstance(file_hash, str):
+            raise StackError(f"row {i + 1}: hash must be a sha256 hex string, got {file_hash!r}",
+                             fix="remove the hash or copy it from the file's info")
         row_id = row.get("id")
         entries.append(StackEntry(lora=name, strength_model=strength, strength_clip=clip, enabled=on,
-                                  iclora=row.get("iclora") is True, file_hash=row.get("hash") or None,
+                                  iclora=row.get("iclora") is True, file_hash=file_hash,
                                   row_id=str(row_id) if row_id not in (None, "") else None))
     return LoraStack(tuple(entries))
 

@@ -60,6 +60,7 @@ def test_ids_do_not_change_stack_equality():
     ({"version": 2, "options": {"separate_clip": True},
       "rows": [row(1, "a.safetensors", clip=-99)]}, "row 1: strength_clip"),
     ({"version": 2, "rows": [row(1, 5)]}, "row 1: lora must be a file name"),
+    ({"version": 2, "rows": [row(1, "a.safetensors", hash=1234)]}, "row 1: hash must be"),
 ])
 def test_v2_bad_values_name_the_row(bad, match):
     with pytest.raises(StackError, match=match):

@@ -20,6 +20,7 @@ Screenshots of each step land in $PATCHBAY_SHOTS (default /tmp/patchbay/shots).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -69,6 +70,7 @@ def editor_server(comfy_install, request, tmp_path_factory, tiny_model_cache):
             raise
     d = tmp_path_factory.mktemp("editor-loras")
     plain = write_tiny_sd15_lora(d / "plain.safetensors")
+    srv.patchbay_plain_sha = hashlib.sha256(plain.read_bytes()).hexdigest()
     for name in NAMES.values():
         srv.add_model("loras", plain, name)
     hostile_meta = d / "hostile_meta.safetensors"
@@ -81,6 +83,7 @@ def editor_server(comfy_install, request, tmp_path_factory, tiny_model_cache):
     srv.add_model("loras", plain, HOSTILE_FILE)
     srv.add_model("loras", plain, f"{HOSTILE_FOLDER}/x.safetensors")
     srv.add_model("loras", hostile_meta, "zz_meta/hostile_meta.safetensors")
+    srv.add_model("loras", _tiny_png(d / "preview.png"), "anime/style_a.preview.png")  # a sibling preview
     ckpt = tiny_model_cache.sd15_checkpoint()
     ckpt_name = srv.add_model(ckpt.folder, ckpt.path)
     srv.patchbay_ckpt = ckpt_name
@@ -88,6 +91,20 @@ def editor_server(comfy_install, request, tmp_path_factory, tiny_model_cache):
     yield srv
     if own:
         srv.cleanup()
+
+
+def _tiny_png(path: Path) -> Path:
+    """A 16×16 PNG (a preview image) without Pillow."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + b"".join(bytes((40 + 10 * x, 120, 200 - 10 * y)) for x in range(16))
+                   for y in range(16))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +237,7 @@ def add_node(s: Session, node_type: str, pos=(60, 60)) -> int:
         if (!node) throw new Error('no node type ' + type);
         node.pos = pos;
         app.graph.add(node);
-        app.canvas.ds.offset = [0, 0];
+        app.canvas.ds.offset = [90, 30];
         app.canvas.ds.scale = 1;
         app.graph.setDirtyCanvas(true, true);
         return node.id;
@@ -307,12 +324,20 @@ def test_1_add_rows_through_picker(session):
     editor(s).wait_for(state="visible", timeout=15_000)
     s.shot("1a-empty")
     picker, go = pick(s, "stya", NAMES["style"])  # fuzzy: s-t-y-a
+    if s.srv.patchbay_routes:
+        listed = {x["name"]: x for x in s.srv.client.get("/patchbay/loras")["loras"]}
+        badge = picker.locator(f"[data-testid=pb-item][data-name={_css(NAMES['style'])}] [data-testid=pb-family]")
+        assert badge.text_content() == listed[NAMES["style"]]["family"]
+        if listed[NAMES["style"]].get("preview"):  # the sibling image shows for the active entry
+            page.wait_for_function("() => document.querySelector('[data-testid=pb-preview] img')?.naturalWidth === 16",
+                                   timeout=10_000)
+        s.shot("1a-picker-badge-preview")
+        if s.renderer == "classic":
+            picker.screenshot(path=str(SHOTS / f"picker-{s.srv.version}.png"))
     go()
     picker, go = pick(s, "chars b", NAMES["char"], keyboard=True)  # a sub-subfolder, by keyboard
     assert picker.locator("[data-testid=pb-folder]").first.text_content() == "anime/chars/"
     s.shot("1b-picker")
-    if s.renderer == "classic":
-        picker.screenshot(path=str(SHOTS / f"picker-{s.srv.version}.png"))
     go()
     picker, go = pick(s, "", NAMES["detail"])
     go()
@@ -372,7 +397,32 @@ def test_2_strengths(session_editor):
                     (NAMES["detail"], True, 0.4, 0.4)])
     s.shot("2-strengths-clip")
     if s.renderer == "classic":
-        editor(s).screenshot(path=str(SHOTS / f"stack-{s.srv.version}.png"))
+        _node_shot(s, SHOTS / f"stack-{s.srv.version}.png")
+    # the info panel of a row: the engine's inspect, trigger words copyable
+    row(s, 0).locator("[data-testid=pb-info]").click()
+    panel = page.locator("[data-testid=patchbay-info-panel]")
+    panel.locator("[data-testid=pb-triggers]").wait_for(timeout=15_000)
+    assert "patchbay_token" in panel.locator("[data-testid=pb-triggers]").text_content()
+    assert "kohya" in panel.text_content()
+    panel.locator("[data-testid=pb-trigger]").first.click()
+    page.wait_for_function("() => document.querySelector('[data-testid=pb-trigger]')?.classList.contains('pb-copied')",
+                           timeout=5_000)
+    s.shot("2b-info-panel")
+    if s.renderer == "classic":
+        panel.screenshot(path=str(SHOTS / f"info-{s.srv.version}.png"))
+    page.keyboard.press("Escape")
+    assert not panel.count()
+
+
+def _node_shot(s: Session, path: Path):
+    """A screenshot of the stack node alone (canvas coordinates → page)."""
+    box = s.page.evaluate("""(id) => {
+        const n = app.graph.getNodeById(id), r = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
+        const x = r.left + (n.pos[0] + ds.offset[0]) * ds.scale, y = r.top + (n.pos[1] + ds.offset[1]) * ds.scale;
+        return {x: Math.max(0, x - 8), y: Math.max(0, y - 40 * ds.scale), width: n.size[0] * ds.scale + 16,
+                height: (n.size[1] + 48) * ds.scale};
+    }""", s.node)
+    s.page.screenshot(path=str(path), clip=box)
 
 
 def test_3_toggle_reorder_remove(session_editor):
@@ -660,6 +710,27 @@ def test_7_todays_workflow_loads_and_queues(session_editor):
     assert res.ok
     assert res.outputs["12"]["text"] == ["<lora:style_a:0.8:1>"]
 
+    # a row whose file was renamed since: marked missing with its name and hash, resolved by hash
+    sha = s.srv.patchbay_plain_sha
+    gone = '[{"on": true, "lora": "old/renamed.safetensors", "strength": 0.7, "strength_clip": 0.7, "hash": "%s"}]' % sha
+    nid = add_node(s, "PatchbayLoraStack", (520, 420))
+    page.evaluate("([id, t]) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === 'rows');"
+                  " w.value = t; w.callback?.(t); }", [nid, gone])
+    fix = editor(s, nid).locator("[data-testid=pb-resolve]")
+    fix.wait_for(timeout=15_000)
+    assert row(s, 0, nid).locator(".pb-name-text").text_content() == "old/renamed.safetensors"
+    assert sha[:12] in fix.get_attribute("title")
+    s.shot("7b-missing")
+    if s.srv.patchbay_routes:
+        fix.click()
+        page.wait_for_function("(id) => !app.graph.getNodeById(id).widgets.find(w => w.name === 'rows')"
+                               ".value.includes('old/renamed')", arg=nid, timeout=15_000)
+        (resolved,) = stack(s, nid)["rows"]
+        assert resolved["lora"] in set(NAMES.values()) | {HOSTILE_FILE, f"{HOSTILE_FOLDER}/x.safetensors"}
+        assert resolved["hash"] == sha and resolved["strength"] == 0.7
+        assert editor(s, nid).locator("[data-testid=pb-resolve]").count() == 0
+        s.shot("7c-resolved")
+
 
 def _apply_defaults(s) -> dict:
     info = s.srv.client.object_info("PatchbayApplyLoraStack")
@@ -707,8 +778,6 @@ def test_8_untrusted_text_shows_as_text(session_editor):
         assert any(HOSTILE_META in t for t in triggers), triggers
     no_script_ran(s)
     s.shot("8c-info-hostile")
-    if s.renderer == "classic":
-        panel.screenshot(path=str(SHOTS / f"info-{s.srv.version}.png"))
     page.keyboard.press("Escape")
     # LoRA Info's report on the node
     info = add_node(s, "PatchbayLoraInfo", (620, 60))
@@ -722,4 +791,27 @@ def test_8_untrusted_text_shows_as_text(session_editor):
     assert HOSTILE_META in page.locator("[data-testid=patchbay-info-node]").first.text_content()
     no_script_ran(s)
     s.shot("8d-lora-info-hostile")
+    no_console_errors(s)
+
+
+def test_9_thirty_rows_stay_light(session_editor):
+    s = session_editor
+    page = s.page
+    page.evaluate("() => app.graph.clear()")
+    s.node = add_node(s, s.node_type, (40, 80))
+    names = list(NAMES.values())
+    rows = [{"on": i % 3 != 0, "lora": names[i % len(names)], "strength": round(0.1 * (i % 10), 1),
+             "strength_clip": 1.0} for i in range(30)]
+    page.evaluate("([id, t]) => { const w = app.graph.getNodeById(id).widgets.find(w => w.name === 'rows');"
+                  " w.value = t; w.callback?.(t); }", [s.node, json.dumps(rows)])
+    want = [True] + [(r["lora"], r["on"], r["strength"], 1.0) for r in rows]
+    assert_same(s, want)
+    # plain DOM, a handful of elements per row; one edit re-renders the same 30 rows
+    n_elements = page.evaluate("(id) => document.querySelector(`[data-testid=patchbay-stack][data-node=\"${id}\"]`)"
+                               ".querySelectorAll('*').length", s.node)
+    assert n_elements < 30 * 25, n_elements
+    row(s, 29).locator("[data-testid=pb-on]").click()
+    want[30] = (want[30][0], not want[30][1], want[30][2], want[30][3])
+    assert_same(s, want)
+    s.shot("9-thirty-rows")
     no_console_errors(s)

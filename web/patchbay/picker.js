@@ -69,7 +69,8 @@ function badge(f, modelFamily) {
   const off = !!modelFamily && f.family !== modelFamily;
   return el("span", {
     cls: "pb-badge" + (off ? " pb-badge-warn" : ""), text: f.family,
-    title: off ? `made for ${f.family}; the connected model is ${modelFamily}` : `made for ${f.family}`,
+    title: (off ? `made for ${f.family_label ?? f.family}; the connected model is ${modelFamily}`
+      : `made for ${f.family_label ?? f.family}`),
     attrs: { "data-testid": "pb-family" },
   });
 }

@@ -24,6 +24,7 @@ import { inspectLora, listLoras, resolveLora } from "./server.js";
  */
 
 const ROW_H = 30;
+const VISIBLE_ROWS = 12;  // longer stacks scroll inside the list (keep in step with .pb-rows max-height)
 const DRAG_PER_PX = 0.01;
 const FINE_DRAG_PER_PX = 0.002;
 
@@ -137,7 +138,7 @@ export class StackEditor {
 
   preferredHeight() {
     const n = this.value?.rows.length ?? 0;
-    return 40 + (this.value?.options.separate_clip && n ? 18 : 0) + Math.max(1, n) * ROW_H
+    return 40 + (this.value?.options.separate_clip && n ? 18 : 0) + Math.min(VISIBLE_ROWS, Math.max(1, n)) * ROW_H
       + (this.summary ? 22 : 0) + (this.error ? 40 : 0) + 8;
   }
 

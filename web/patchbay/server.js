@@ -10,6 +10,7 @@
  * @property {string} name        "/" separated, as rows store it
  * @property {string} folder      "" for the loras root
  * @property {string|null} family  base family the engine guesses from the header
+ * @property {string|null} [family_label]  its readable name
  * @property {string|null} format
  * @property {string|null} preview  image URL or null
  */
@@ -45,6 +46,7 @@ export async function listLoras(api) {
         return {
           name, folder: typeof x.folder === "string" ? x.folder.replace(/\\/g, "/") : folderOf(name),
           family: typeof x.family === "string" ? x.family : null,
+          family_label: typeof x.family_label === "string" ? x.family_label : null,
           format: typeof x.format === "string" ? x.format : null,
           preview: typeof x.preview === "string" && x.preview.startsWith("/") ? x.preview : null,
         };

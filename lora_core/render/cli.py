@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Optional
 
 from ..errors import RenderError, SweepError
@@ -86,7 +87,8 @@ def run_render(args, runner_factory=None) -> int:
     except ValueError as e:
         raise RenderError(str(e), fix="write servers as host:port or http://host:port") from None
     job = make_job(workflow, os.path.basename(args.workflow), node_id, stack, spec, args.seed)
-    runner = (runner_factory or Runner)(servers, args.out, timeout=args.timeout, depth=args.depth)
+    runner = (runner_factory or Runner)(servers, args.out, timeout=args.timeout, depth=args.depth,
+                                        show_steps=sys.stderr.isatty())
     index = runner.run(job)
     counts = index.counts()
     sheet = os.path.join(args.out, index.contact_sheet) if index.contact_sheet else None

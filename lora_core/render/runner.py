@@ -91,7 +91,7 @@ class Runner:
     def __init__(self, servers: Sequence[ComfyServer], out_dir: str, *, timeout: float = 600.0, depth: int = 2,
                  log: Callable[[str], None] = _stderr,
                  on_cell_done: Optional[Callable[[CellRecord, RenderIndex], None]] = None,
-                 poll: float = 1.0):
+                 poll: float = 1.0, show_steps: bool = False):
         if not servers:
             raise RenderError("no server given", fix="pass --server http://127.0.0.1:8188")
         self.servers = list(servers)
@@ -101,6 +101,7 @@ class Runner:
         self.log = log
         self.on_cell_done = on_cell_done
         self.poll = poll
+        self.show_steps = show_steps  # sampler steps of running prompts, from the websocket
         self._stop = threading.Event()
 
     # ------------------------------------------------------------- public
@@ -199,8 +200,9 @@ class Runner:
                     _, server, message, requeued = event
                     alive -= 1
                     self.log(f"warning: {message}; {requeued} queued prompt(s) go to the other servers")
-                elif kind == "progress":
-                    pass
+                elif kind == "progress" and self.show_steps:
+                    _, i, server, value, total = event
+                    self.log(f"  {_cell_name(index.cells[i])} on {server.name}: step {value}/{total}")
             if finished < len(todo):
                 left = len(todo) - finished
                 raise RenderError(f"every server went away; {left} of {len(index.cells)} prompts are not "
@@ -246,7 +248,8 @@ class Runner:
                     continue
                 i, prompt_id, started = mine[0]
                 try:
-                    entry = server.wait(prompt_id, self.timeout, poll=self.poll, cancelled=self._stop.is_set)
+                    entry = server.wait(prompt_id, self.timeout, poll=self.poll, cancelled=self._stop.is_set,
+                                        progress=self._stepper(events, i, server))
                     check_entry(entry)
                     images = [(ref, server.view(ref)) for ref in images_of(entry)]
                 except PromptFailed as e:
@@ -265,6 +268,17 @@ class Runner:
             events.put(("gone", server, str(e), len(mine)))
         finally:
             server.close()
+
+    def _stepper(self, events, i: int, server: ComfyServer):
+        """A progress callback that forwards at most one step event per second to the main thread."""
+        last = [0.0]
+
+        def step(value: int, total: int) -> None:
+            now = time.monotonic()
+            if self.show_steps and (now - last[0] >= 1.0 or value >= total):
+                last[0] = now
+                events.put(("progress", i, server, value, total))
+        return step
 
     @staticmethod
     def _forget(lock, inflight, prompt_id, remaining) -> None:

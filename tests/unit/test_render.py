@@ -55,7 +55,10 @@ def test_accept_key_rfc_example():
 @pytest.mark.parametrize("websocket", [True, False], ids=["ws", "polling"])
 def test_sweep_renders_every_cell_with_its_stack_and_seed(fakes, tmp_path, websocket):
     fake = fakes(websocket=websocket)
-    index = Runner([ComfyServer(fake.url)], str(tmp_path), log=_quiet, poll=0.05).run(_job())
+    lines = []
+    index = Runner([ComfyServer(fake.url)], str(tmp_path), log=lines.append, poll=0.05, show_steps=True,
+                   depth=1).run(_job())  # depth 1: the socket is open before prompts 2-6 start
+    assert any("step 1/1" in ln for ln in lines) == websocket  # steps come from the websocket only
     assert [c.status for c in index.cells] == ["done"] * 6
     sent = [(json.loads(p["2"]["inputs"]["rows"])[0]["strength"], p["3"]["inputs"]["seed"]) for p in fake.submitted]
     assert sorted(sent) == sorted([(s, sd) for sd in (3, 4) for s in (0.0, 0.5, 1.0)])

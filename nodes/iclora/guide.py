@@ -105,6 +105,13 @@ def _video_part(latent) -> tuple[dict, list, list | None] | None:
     elif mask is not None:
         video["noise_mask"] = mask
     _check_latent(video, "The video part of the combined audio-video latent")
+    vmask = video.get("noise_mask")
+    if torch.is_tensor(vmask) and vmask.ndim == 5 and vmask.shape[1] > 1:
+        # LTXVConcatAVLatent gives an unmasked video part a mask of ones shaped like the latent
+        if not torch.equal(vmask, vmask[:, :1].expand_as(vmask)):
+            raise ICLoraError(f"The video part's noise mask has {vmask.shape[1]} different channels",
+                              fix="mask the video latent with a one-channel mask before LTXVConcatAVLatent")
+        video["noise_mask"] = vmask[:, :1]
     return video, parts[1:], masks
 
 

@@ -220,6 +220,11 @@ def guide_on_av_latent_matches_core_order():
         entry = p[0][1]["guide_attention_entries"][0]
         assert entry["pre_filter_count"] == ov.shape[3] * ov.shape[4] * (ov.shape[2] - 3), entry
         assert l["type"] == "audio", "the combined latent's other keys were dropped"
+    # only the audio masked: the concat gives the video a latent-shaped mask of ones
+    a = dict(audio_latent(), noise_mask=torch.zeros(1, 8, 7, 16))
+    _, _, l = ic.add_guide(pos, neg, VAE, concat(video_latent(3), a), guide_video(9), 0, 1.0)
+    mv, ma = parts(l["noise_mask"])
+    assert ma is a["noise_mask"] and mv.shape == (1, 1, 5, 2, 2) and float(mv[0, 0, 3:].max()) == 0.0
     # a second guide on the combined latent stacks like on the video latent
     v, a = video_latent(5), audio_latent()
     cp, cn, cl = run_core("LTXVAddGuide", pos, neg, VAE, v, guide_video(9), 0, 1.0)

@@ -301,8 +301,8 @@ class PatchbayICLoraGuide:
                 "positive": ("CONDITIONING", {"tooltip": "Positive conditioning (e.g. from LTXVConditioning)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Negative conditioning."}),
                 "vae": ("VAE", {"tooltip": "The LTX video VAE, used to encode the guide."}),
-                "latent": ("LATENT", {"tooltip": "The LTX video latent (video only, not a combined audio-video "
-                                                 "latent)."}),
+                "latent": ("LATENT", {"tooltip": "The LTX video latent, or a combined audio-video latent "
+                                                 "(LTXVConcatAVLatent): the guide goes on its video part."}),
                 "guide": ("IMAGE", {"tooltip": "Guide frames (image or video). Trimmed to 8n+1 frames."}),
                 "frame_idx": ("INT", {"default": 0, "min": -9999, "max": 9999, "step": 1,
                                       "tooltip": "Pixel frame where the guide starts. Negative counts from the end "
@@ -350,8 +350,9 @@ class PatchbayICLoraGuide:
 class PatchbayICLoraCropGuides:
     DESCRIPTION = ("Removes IC-LoRA guide frames from a latent and clears the guide keys from the "
                    "conditionings. The guide node already crops automatically after sampling; use this for "
-                   "custom samplers, audio-video latents (after LTXVSeparateAVLatent) and two-stage pipelines "
-                   "(crop before a latent upscale). Safe on an already cropped latent.")
+                   "custom samplers and two-stage pipelines (crop before a latent upscale). Takes a combined "
+                   "audio-video latent (crops its video part, audio untouched) or the separated video latent. "
+                   "Safe on an already cropped latent.")
     CATEGORY = IC_CATEGORY
     FUNCTION = "execute"
     RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")

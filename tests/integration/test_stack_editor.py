@@ -274,12 +274,12 @@ def no_script_ran(s: Session):
 
 
 def _expected_404(s: Session, entry) -> bool:
-    """404s the contract defines (coverage before a run, a file without a preview, no presets yet), and the pack's
+    """404s the contract defines (coverage before a run, a file without a preview, no presets or notes yet), and the pack's
     routes when this server side has none yet (the editor then falls back to core's list)."""
     kind, text, url = entry
     if "Failed to load resource" not in text or "404" not in text:
         return False
-    if "/patchbay/coverage" in url or "/patchbay/preview" in url or "/userdata/lora-patchbay%2Fpresets.json" in url:
+    if "/patchbay/coverage" in url or "/patchbay/preview" in url or "/userdata/lora-patchbay%2F" in url:
         return True
     return not s.srv.patchbay_routes and "/patchbay/" in url
 
@@ -410,6 +410,17 @@ def test_2_strengths(session_editor):
     s.shot("2b-info-panel")
     if s.renderer == "classic":
         panel.screenshot(path=str(SHOTS / f"info-{s.srv.version}.png"))
+    # the user's own recommended range (user data): the row's strength 1.5 is outside 0.2..1.2
+    assert "pb-outside" not in (row(s, 0).locator("[data-testid=pb-strength]").get_attribute("class") or "")
+    panel.locator("[data-testid=pb-range-min]").fill("0.2")
+    panel.locator("[data-testid=pb-range-max]").fill("1.2")
+    panel.locator("[data-testid=pb-range-save]").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=pb-row] [data-testid=pb-strength]')"
+                           "?.classList.contains('pb-outside')", timeout=10_000)
+    notes = s.srv.client.get("/userdata/lora-patchbay%2Fnotes.json")
+    assert notes["loras"][NAMES["style"]] == {"min": 0.2, "max": 1.2}
+    assert "pb-outside" not in (row(s, 1).locator("[data-testid=pb-strength]").get_attribute("class") or "")
+    s.shot("2c-range-warning")
     page.keyboard.press("Escape")
     assert not panel.count()
 

@@ -124,8 +124,8 @@ def page(web_comfy, web_lora):
         browser.close()
 
 
-# 404s the pack's contract defines: coverage before any run, a file without a preview, no presets yet.
-EXPECTED_404 = ("/patchbay/coverage", "/patchbay/preview", "/userdata/lora-patchbay%2Fpresets.json")
+# 404s the pack's contract defines: coverage before any run, a file without a preview, no presets/notes yet.
+EXPECTED_404 = ("/patchbay/coverage", "/patchbay/preview", "/userdata/lora-patchbay%2F")
 
 
 def _ours(entry) -> bool:

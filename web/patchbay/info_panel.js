@@ -4,6 +4,7 @@
 // node (its report).  Every value comes from the file or the server and is
 // untrusted: it is written with textContent only.
 import { copyText, el, openPopup } from "./dom.js";
+import { asRange, loadNotes, saveRange } from "./notes.js";
 import { coverageOf, inspectLora } from "./server.js";
 
 /** @param {any} v */
@@ -112,13 +113,48 @@ export function renderInfo(box, data) {
 }
 
 /**
- * The panel for one row: fetches inspect and coverage, then renders.
- * @param {{anchor: HTMLElement, api: any, name: string, onInspect?: (i: any) => void}} opts
+ * "Your notes": the recommended strength range the rows warn outside of.
+ * @param {any} api @param {string} name @param {(r: import("./notes.js").Range|null) => void} onSaved
  */
-export function openInfoPanel({ anchor, api, name, onInspect }) {
+function notesSection(api, name, onSaved) {
+  const box = el("div", { cls: "pb-section", attrs: { "data-testid": "pb-notes" } },
+                 [el("div", { cls: "pb-section-title", text: "Your notes: recommended strength" })]);
+  const input = (/** @type {string} */ label) => /** @type {HTMLInputElement} */ (el("input", {
+    cls: "pb-range", attrs: { type: "text", inputmode: "decimal", placeholder: label, "aria-label": label,
+                              "data-testid": `pb-range-${label}` } }));
+  const lo = input("min"), hi = input("max");
+  const save = el("button", { cls: "pb-btn", text: "Save", attrs: { type: "button", "data-testid": "pb-range-save" } });
+  const state = el("span", { cls: "pb-note" });
+  loadNotes(api).then((notes) => {
+    const r = notes[name];
+    if (r) { lo.value = String(r.min); hi.value = String(r.max); }
+  });
+  save.addEventListener("click", async () => {
+    const empty = !lo.value.trim() && !hi.value.trim();
+    const r = empty ? null : asRange({ min: lo.value.replace(",", "."), max: hi.value.replace(",", ".") });
+    if (!empty && !r) { state.textContent = "two numbers, min ≤ max"; return; }
+    try {
+      await saveRange(api, name, r);
+      state.textContent = r ? "saved" : "cleared";
+      onSaved(r);
+    } catch (e) {
+      state.textContent = `not saved: ${String(e).slice(0, 120)}`;
+    }
+  });
+  box.append(el("div", { cls: "pb-range-row" }, [lo, el("span", { text: "to" }), hi, save, state]));
+  return box;
+}
+
+/**
+ * The panel for one row: fetches inspect and coverage, then renders.
+ * @param {{anchor: HTMLElement, api: any, name: string, onInspect?: (i: any) => void,
+ *          onRange?: (r: import("./notes.js").Range|null) => void}} opts
+ */
+export function openInfoPanel({ anchor, api, name, onInspect, onRange }) {
   const popup = openPopup(anchor, "patchbay-info-panel");
   const box = el("div", { cls: "pb-info" });
-  popup.panel.append(el("div", { cls: "pb-popup-title", text: "LoRA info" }), box);
+  popup.panel.append(el("div", { cls: "pb-popup-title", text: "LoRA info" }), box,
+                     notesSection(api, name, (r) => onRange?.(r)));
   box.append(el("div", { cls: "pb-note", text: "reading the file header…" }));
   Promise.all([
     inspectLora(api, name).catch((e) => ({ ok: false, status: 0, body: { error: String(e) } })),

@@ -5,6 +5,7 @@
 // copy/paste, API JSON and subgraphs carry the stack without knowing about us.
 import { el } from "./dom.js";
 import { openInfoPanel, recommendedRange } from "./info_panel.js";
+import { loadNotes } from "./notes.js";
 import { openPicker } from "./picker.js";
 import { openPresets } from "./presets.js";
 import * as R from "./rows.js";
@@ -60,6 +61,15 @@ export function formatStrength(/** @type {number} */ x) {
   return Number(s) === x ? s : String(Math.round(x * 1000) / 1000);
 }
 
+/** "dir/sub/x.safetensors" as folder + base name, so a narrow node can drop the folder (CSS). */
+function nameText(/** @type {string} */ lora) {
+  if (!lora) return el("span", { cls: "pb-name-text", text: "(no LoRA)" });
+  const cut = lora.lastIndexOf("/") + 1;
+  return el("span", { cls: "pb-name-text" }, [
+    cut ? el("span", { cls: "pb-name-dir", text: lora.slice(0, cut) }) : null,
+    el("span", { cls: "pb-name-base", text: lora.slice(cut) })]);
+}
+
 export class StackEditor {
   /** @param {EditorHost} host */
   constructor(host) {
@@ -83,6 +93,9 @@ export class StackEditor {
     for (const ev of ["pointerdown", "keydown", "keyup", "dblclick", "contextmenu"]) {
       this.root.addEventListener(ev, (e) => e.stopPropagation());
     }
+    /** @type {Record<string, {min: number, max: number}>} the user's own ranges (win over metadata) */
+    this.notes = {};
+    loadNotes(host.api).then((n) => { this.notes = n; this.render(); }, () => {});
     this.refreshInstalled();
   }
 
@@ -253,7 +266,7 @@ export class StackEditor {
     const name = el("button", {
       cls: "pb-name", title: (missing ? "Not installed: " : "") + row.lora + " (click to pick another)",
       attrs: { type: "button", "data-testid": "pb-name", "data-focus-key": `${row.id}:name` } },
-      [el("span", { cls: "pb-name-text", text: row.lora || "(no LoRA)" })]);
+      [nameText(row.lora)]);
     name.addEventListener("click", () => this.pick(name, row.id));
     const parts = [handle, on, name];
     if (missing) {
@@ -271,6 +284,11 @@ export class StackEditor {
     info.addEventListener("click", () => openInfoPanel({
       anchor: info, api: this.host.api, name: row.lora,
       onInspect: (i) => { this.ranges.set(row.lora, recommendedRange(i)); this.render(); },
+      onRange: (r) => {
+        const { [row.lora]: _old, ...rest } = this.notes;
+        this.notes = r ? { ...rest, [row.lora]: r } : rest;
+        this.render();
+      },
     }));
     const remove = el("button", { cls: "pb-icon pb-remove", text: "×", title: "Remove row",
                                   attrs: { type: "button", "data-testid": "pb-remove", "aria-label": "Remove" } });
@@ -303,7 +321,7 @@ export class StackEditor {
   /** @param {StackRow} row @param {"strength"|"strength_clip"} field */
   strengthView(row, field) {
     const value = field === "strength" ? row.strength : (row.strength_clip ?? row.strength);
-    const range = this.ranges.get(row.lora) ?? null;
+    const range = this.notes[row.lora] ?? this.ranges.get(row.lora) ?? null;
     const outside = !!range && (value < range.min || value > range.max);
     const label = field === "strength" ? "strength" : "CLIP strength";
     const input = /** @type {HTMLInputElement} */ (el("input", {

@@ -79,3 +79,16 @@ test("fuzzy search across folders, grouped by folder", () => {
   assert.deepEqual(searchGroups(files, "chars b").map((g) => g.items.map((f) => f.name)),
                    [["anime/chars/char_b.safetensors"]]);
 });
+
+test("info panel helpers: trigger words in any shape, ranges from metadata or notes", async () => {
+  const { triggerWords, recommendedRange } = await import("../../../web/patchbay/info_panel.js");
+  const { asRange } = await import("../../../web/patchbay/notes.js");
+  assert.deepEqual(triggerWords(["a", ["b", 3], { word: "c", count: "2" }, 7, ""]),
+                   [["a", null], ["b", 3], ["c", 2], ["7", null]]);
+  assert.deepEqual(triggerWords(null), []);
+  assert.deepEqual(recommendedRange({ metadata: { recommended_strength: { min: 0.4, max: 0.9 } } }), { min: 0.4, max: 0.9 });
+  assert.equal(recommendedRange({ metadata: {} }), null);
+  assert.deepEqual(asRange({ min: "0.2", max: "1.2" }), { min: 0.2, max: 1.2 });
+  assert.equal(asRange({ min: 2, max: 1 }), null);
+  assert.equal(asRange({ min: "x", max: 1 }), null);
+});

@@ -22,7 +22,7 @@ import torch
 from ..lora_core.errors import SweepError
 from ..lora_core.grid import GridLayout
 from ..lora_core.stack import LoraStack
-from ..lora_core.sweep import SweepAxis, SweepCell, SweepSpec, axis
+from ..lora_core.sweep import SweepAxis, SweepCell, SweepSpec, axis, parse_values
 from ..lora_core.tags import format_tag
 from . import host
 from .apply import apply_stack
@@ -59,6 +59,18 @@ def _spec(stack: LoraStack, row: int, lora_name: str, values: str, part: str,
           y_axis: str = "none", y_row: int = 1, y_values: str = "") -> SweepSpec:
     x = axis("strength", values, row=row_index(stack, row, lora_name), part=part)
     return SweepSpec(x, _y_axis(stack, y_axis, y_row, y_values))
+
+
+def validate_values(values=None, y_axis=None, y_values=None):
+    """``VALIDATE_INPUTS`` of the sweep nodes: bad values fail at queue time, naming the limit."""
+    try:
+        if values is not None:
+            parse_values(values, "strength")
+        if y_axis not in (None, "none") and y_values is not None:
+            parse_values(y_values, y_axis)
+    except SweepError as e:
+        return str(e)
+    return True
 
 
 def _inputs(batched: bool) -> dict:
@@ -114,6 +126,10 @@ class PatchbayStrengthSweep:
     def INPUT_TYPES(cls):
         return _inputs(batched=False)
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, values=None, y_axis=None, y_values=None):
+        return validate_values(values, y_axis, y_values)
+
     def sweep(self, model, stack, row, lora_name, values, part, mode, clip=None, y_axis="none", y_row=2,
               y_values="", seed=0):
         stack = as_stack(stack)
@@ -165,6 +181,10 @@ class PatchbayBatchedSweep:
     @classmethod
     def INPUT_TYPES(cls):
         return _inputs(batched=True)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, values=None, y_axis=None, y_values=None):
+        return validate_values(values, y_axis, y_values)
 
     def sweep(self, model, stack, row, lora_name, values, latent, part, clip=None, y_axis="none", y_row=2,
               y_values=""):

@@ -225,8 +225,9 @@ def test_sweep_bad_values_fail_with_the_limit(comfy, setup, values, message):
     positive = g.node("CLIPTextEncode", clip=clip, text="a cat")[0]
     latent = g.node("EmptyLatentImage", width=32, height=32, batch_size=1)[0]
     _render(g, sweep[0], positive, latent, vae, "bad")
-    res = comfy.client.queue(g.to_api(), timeout=300, check=False)
-    assert not res.ok and message in (res.error_text or "")
+    with pytest.raises(ch.PromptRejected) as e:  # at queue time, before anything runs
+        comfy.client.queue(g.to_api(), timeout=300)
+    assert message in str(e.value)
 
 
 def test_stack_from_prompt_tags(comfy, setup):

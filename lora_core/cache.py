@@ -192,6 +192,25 @@ class DeltaCache(ByteLRU):
                 self._drop(old)
             return before - self._bytes
 
+    def recycle(self, param, shape, dtype: torch.dtype, device) -> "torch.Tensor | None":
+        """Take back the oldest sum of ``param`` when storing a new one would evict it anyway,
+        as memory for that new sum (of ``shape``, ``dtype`` on ``device``), else None.
+
+        The caller overwrites it, so nobody may hold a sum from :meth:`get` across puts
+        (the hosts use each sum at once).  Saves the allocation and page faults of a new
+        full-size tensor on every slider move.
+        """
+        with self._lock:
+            mine = self._by_param.get(param)
+            if not mine or len(mine) < self.per_param:
+                return None
+            value = self._items[mine[0]][0]
+            if not (isinstance(value, torch.Tensor) and value.shape == torch.Size(shape) and value.dtype == dtype
+                    and value.device == torch.device(device) and value.is_contiguous()):
+                return None
+            self._drop(mine[0])
+            return value
+
     def put(self, key, value) -> None:
         self.trim()
         size = self._size(value)

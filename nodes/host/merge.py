@@ -115,7 +115,7 @@ def _whole_plain(contribs: tuple[Contribution, ...]) -> bool:
 
 
 def _plain_delta(key: str, contribs: tuple[Contribution, ...], shape: torch.Size,
-                 device: torch.device) -> torch.Tensor:
+                 device: torch.device, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """D = (B_cat·diag(s))·A_cat for plain LoRAs on the whole weight, in few kernels.
 
     ``[B₁ | B₂ | …]`` and ``[A₁; A₂; …]`` (fp32, scale 1) are cached per tuple
@@ -145,7 +145,10 @@ def _plain_delta(key: str, contribs: tuple[Contribution, ...], shape: torch.Size
     else:
         col = torch.tensor([s for s, r in zip(scales, ranks) for _ in range(r)], dtype=torch.float32)
         b = b_cat * col.to(device, non_blocking=True)
-    d = torch.zeros((rows, a_cat.shape[1]), dtype=torch.float32, device=device)
+    if out is not None and out.numel() == rows * a_cat.shape[1]:
+        d = out.view(rows, a_cat.shape[1]).zero_()  # a superseded sum's memory: no new allocation
+    else:
+        d = torch.zeros((rows, a_cat.shape[1]), dtype=torch.float32, device=device)
     return d.addmm_(b, a_cat).view(shape)
 
 
@@ -159,7 +162,8 @@ def cached_delta(key: str, contribs: tuple[Contribution, ...], base: torch.Tenso
         if hit is not None:
             return hit
     if _whole_plain(contribs):
-        d = _plain_delta(key, contribs, torch.Size(shape), base.device)
+        reuse = cache.recycle(key, shape, torch.float32, base.device) if cache is not None else None
+        d = _plain_delta(key, contribs, torch.Size(shape), base.device, out=reuse)
     else:
         d = stack_delta(key, contribs, base, shape, factor_source=_cached_factors)
     if cache is not None:

@@ -71,3 +71,15 @@ def test_superseded_sums_go_before_other_parameters():
 def test_fraction_is_checked():
     with pytest.raises(ValueError):
         FreeMemoryPolicy(lambda: 0, fraction=1.5)
+
+
+def test_recycle_hands_back_the_sum_a_new_one_would_evict():
+    cache = DeltaCache(1 << 30, per_param=2)
+    like = ((4, 4), torch.float32, "cpu")
+    cache.put(("w", 1), torch.ones(4, 4))
+    assert cache.recycle("w", *like) is None          # room for a second sum: nothing to give back
+    cache.put(("w", 2), torch.full((4, 4), 2.0))
+    assert cache.recycle("w", (2, 2), torch.float32, "cpu") is None  # another shape: no
+    old = cache.recycle("w", *like)
+    assert torch.equal(old, torch.ones(4, 4)) and ("w", 1) not in cache and ("w", 2) in cache
+    assert cache.bytes == 64

@@ -281,8 +281,21 @@ def _strength(rng: random.Random) -> float:
     return round(rng.uniform(-1.5, 1.5), 3)
 
 
-def _random_chain(rng: random.Random) -> list:
-    """Elements ``{"node", "mode", "enabled", "rows": [(file key, strength, on)]}``."""
+def _random_chain(rng: random.Random, i: int) -> list:
+    """Elements ``{"node", "mode", "enabled", "rows": [(file key, strength, on)]}``.
+
+    The first prompts give every kind a row in bypass next to merged rows, so
+    each run covers every kind in every mode whatever the seed.
+    """
+    if i < len(KINDS):
+        kind, other = KINDS[i], rng.choice(KINDS)
+        first = [{"node": "stack_loader", "mode": "merge", "enabled": True,
+                  "rows": [(f"{other}_1", _strength(rng) or 0.7, True)]},
+                 {"node": rng.choice(("loader", "stack")), "mode": "bypass", "enabled": True,
+                  "rows": [(f"{kind}_{rng.randint(1, 2)}", _strength(rng) or -0.8, True)]},
+                 {"node": "loader", "mode": "auto", "enabled": True,
+                  "rows": [(f"{rng.choice(KINDS)}_2", _strength(rng), True)]}]
+        return first[1:] + first[:1] if rng.random() < 0.5 else first
     chain = []
     for _ in range(rng.randint(1, 3)):
         node = rng.choice(("loader", "stack", "stack_loader"))
@@ -437,7 +450,7 @@ def test_random_chains_through_a_real_server(rand_server, oracle):
             label, build, expect, at_queue = bad.pop(0)
             text = _send_bad(srv, label, build, expect, at_queue)
             print(f"  refused {label}: {' '.join(text.split())[:160]}")
-        chain = _random_chain(rng)
+        chain = _random_chain(rng, i)
         desc = json.dumps(chain)
         g = Graph()
         model = g.node("UNETLoader", unet_name=srv.unet_name, weight_dtype="default")[0]
@@ -498,6 +511,8 @@ def test_random_chains_through_a_real_server(rand_server, oracle):
           f"{worst['latent']:.2e}; kinds {sorted(seen_kinds)}, modes {sorted(seen_modes)}; caches "
           f"{info_end['caches']}; RSS {info0['rss'] >> 20} -> {info_end['rss'] >> 20} MiB")
     assert not failures, f"{len(failures)} of {PROMPTS} prompts wrong {REPLAY}:\n" + "\n".join(failures[:8])
+    if PROMPTS >= len(KINDS):
+        assert seen_kinds == set(KINDS) and seen_modes == set(MODES), (seen_kinds, seen_modes)
     for k, w in oracle.w0.items():
         assert torch.equal(w_end[k], w), f"base weight {k} changed after the run {REPLAY}"
     assert torch.equal(torch.tensor(latent_stats(res, s_end.id)["values"]), base_latent), REPLAY

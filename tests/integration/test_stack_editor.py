@@ -411,12 +411,13 @@ def test_2_strengths(session_editor):
     if s.renderer == "classic":
         panel.screenshot(path=str(SHOTS / f"info-{s.srv.version}.png"))
     # the user's own recommended range (user data): the row's strength 1.5 is outside 0.2..1.2
-    assert "pb-outside" not in (row(s, 0).locator("[data-testid=pb-strength]").get_attribute("class") or "")
-    panel.locator("[data-testid=pb-range-min]").fill("0.2")
-    panel.locator("[data-testid=pb-range-max]").fill("1.2")
-    panel.locator("[data-testid=pb-range-save]").click()
-    page.wait_for_function("() => document.querySelector('[data-testid=pb-row] [data-testid=pb-strength]')"
-                           "?.classList.contains('pb-outside')", timeout=10_000)
+    outside_js = ("(want) => document.querySelector('[data-testid=pb-row] [data-testid=pb-strength]')"
+                  "?.classList.contains('pb-outside') === want")
+    for hi, outside in (("2.0", False), ("1.2", True)):
+        panel.locator("[data-testid=pb-range-min]").fill("0.2")
+        panel.locator("[data-testid=pb-range-max]").fill(hi)
+        panel.locator("[data-testid=pb-range-save]").click()
+        page.wait_for_function(outside_js, arg=outside, timeout=10_000)
     notes = s.srv.client.get("/userdata/lora-patchbay%2Fnotes.json")
     assert notes["loras"][NAMES["style"]] == {"min": 0.2, "max": 1.2}
     assert "pb-outside" not in (row(s, 1).locator("[data-testid=pb-strength]").get_attribute("class") or "")

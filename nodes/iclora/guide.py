@@ -4,6 +4,8 @@ The guide validates everything before encoding, appends the encoded guide
 frames to the latent with their keyframe positions and noise mask
 (``lora_core.iclora``), records what it appended, and attaches the sampling
 hook of the automatic crop (``sampling.py``, through the door's ``hooks``).
+On an LTX-2 combined audio-video latent both nodes work on its video part
+and pass the audio through.
 Design notes and differences from core's LTXVAddGuide / LTXVCropGuides:
 docs/iclora.md.
 """

@@ -3,6 +3,8 @@
 OUTER_SAMPLE cuts the appended guide frames off the sampler's output;
 APPLY_MODEL drops the guides outside their step window
 (``lora_core.iclora.window_selection``) and weights video↔guide attention.
+On LTX-2 audio-video both work on the video part of the packed latent
+(``lora_core.iclora.av``); the audio part is never cut.
 """
 from __future__ import annotations
 
@@ -40,6 +42,10 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     latent = args[1] if len(args) > 1 else kwargs.get("latent_image")
     if packed:
         frames = video_frames(shapes)
+        if frames is None:
+            log.warning("IC-LoRA automatic crop skipped: the first part of this combined latent is not a video "
+                        "latent (shapes %s)", [tuple(s) for s in shapes])
+            return executor(*args, **kwargs)
     else:
         frames = latent.shape[2] if torch.is_tensor(latent) and latent.ndim == 5 else None
     if frames == base and count:

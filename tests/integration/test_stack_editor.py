@@ -15,8 +15,12 @@ order (each starts from the state the previous one left):
 7. a workflow saved with today's rows JSON loads unchanged and queues
 8. untrusted text: hostile file, folder and metadata names show as text in the picker,
    rows, info panel and LoRA Info; nothing runs
+9. 30 rows stay light (plain DOM, the list scrolls)
 
 Screenshots of each step land in $PATCHBAY_SHOTS (default /tmp/patchbay/shots).
+PATCHBAY_PACK_DIR=<dir> serves another checkout of the pack (its own server).
+Where Nodes 2.0 cannot render a node ("Node Render Error", e.g. vue-i18n
+placeholders in the locale strings) the steps xfail and say so.
 """
 from __future__ import annotations
 

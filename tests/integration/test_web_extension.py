@@ -77,11 +77,12 @@ def _frontend_args(install: ch.ComfyInstall) -> tuple[list[str], str | None]:
 def web_comfy(comfy_install, request, tmp_path_factory):
     """A server running this install's own frontend when we have it, else the shared one."""
     args, version = _frontend_args(comfy_install)
-    if not args:
+    pack = os.environ.get("PATCHBAY_PACK_DIR")  # serve another checkout of the pack (a branch, a fix)
+    if not args and not pack:
         srv = request.getfixturevalue("comfy")
         yield srv, version
         return
-    srv = ch.ComfyServer(comfy_install, extra_args=args)
+    srv = ch.ComfyServer(comfy_install, extra_args=args, **({"pack_dir": pack} if pack else {}))
     try:
         srv.start()
     except Exception:

@@ -6,8 +6,10 @@ the run).  Many prompts of random chains over the tiny SD1.5 UNet: LoRA
 Loader, LoRA Stack → Apply LoRA Stack and LoRA Stack Loader nodes, modes
 merge / bypass / auto, random strengths (0 and negative included), rows off
 and loaders disabled, files of every adapter kind the engine supports (LoRA,
-LoCon, LoHa, LoKr, DoRA, OFT, BOFT, IA3, GLoRA, full diff) written in the
-LyCORIS / kohya layouts; interleaved with bad requests (unknown names,
+LoCon, LoHa, LoKr, DoRA, OFT, BOFT, IA3, GLoRA, full diff), two files per
+kind written here in the kohya/LyCORIS layouts and one written by lycoris-lora
+itself (``create_lycoris`` on a mirror of the probed modules; the oracle is
+checked against lycoris' own forward on those); interleaved with bad requests (unknown names,
 traversal, NaN and huge strengths, malformed rows, a corrupt file) that must
 be refused with a clear message while the server keeps serving.
 
@@ -20,14 +22,14 @@ Checks per prompt:
 * every cache of the pack stays within its byte bound.
 At the end the base is bit-identical to the file and RSS growth is bounded.
 
-Seed: random per run and printed (``-s`` shows it, every failure names it);
+Seed: random per run, written to the terminal (even under ``-q``) and named by every failure;
 ``PATCHBAY_RANDOM_SEED=N`` replays a run, ``PATCHBAY_RANDOM_PROMPTS=N`` sets
 how many chain prompts run (default 24) for longer soaks.
 """
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import random
 import uuid
@@ -171,16 +173,75 @@ def _kind_tensors(kind: str, g: torch.Generator) -> dict:
 
 
 KINDS = ("lora", "locon", "loha", "lokr", "dora", "oft", "boft", "ia3", "glora", "full")
+# variant 3 of each kind: written by lycoris-lora itself (algo, kwargs of create_lycoris)
+LYCORIS_ALGOS = {
+    "lora": ("lora", {}), "locon": ("locon", {"conv_dim": 4, "conv_alpha": 2.0}),
+    "loha": ("loha", {"conv_dim": 4, "conv_alpha": 2.0}), "lokr": ("lokr", {"factor": 4}),
+    "dora": ("lora", {"dora_wd": True}), "oft": ("diag-oft", {"rescaled": True}),
+    "boft": ("boft", {"rescaled": True}), "ia3": ("ia3", {}), "glora": ("glora", {}), "full": ("full", {}),
+}
+
+
+# kind -> {model key: W' (or b') that lycoris' forward applies at multiplier 1}, filled by _lycoris_tensors
+LIBRARY_MERGES: dict = {}
+
+
+class _Mirror(torch.nn.Module):
+    """The probed modules of the tiny UNet under their LDM names, for lycoris-lora to wrap."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        attn1, attn2, block, st, res = nn.Module(), nn.Module(), nn.Module(), nn.Module(), nn.Module()
+        attn1.to_q = nn.Linear(320, 320, bias=False)
+        attn1.to_out = nn.ModuleList([nn.Linear(320, 320)])
+        attn2.to_k = nn.Linear(768, 320, bias=False)
+        block.attn1, block.attn2 = attn1, attn2
+        st.transformer_blocks = nn.ModuleList([block])
+        res.in_layers = nn.ModuleList([nn.Identity(), nn.Identity(), nn.Conv2d(320, 320, 3, padding=1)])
+        self.input_blocks = nn.ModuleList([nn.Identity(), nn.ModuleList([res, st])])
+
+
+def _lycoris_tensors(kind: str, seed: int, base: dict) -> dict:
+    """A file lycoris-lora writes for ``kind`` on the mirror (loaded with W0), keys renamed to kohya's ``lora_unet_``."""
+    from lycoris import create_lycoris
+    from lycoris.logging import logger
+    logger.setLevel(logging.ERROR)
+    algo, extra = LYCORIS_ALGOS[kind]
+    torch.manual_seed(seed)
+    model = _Mirror()
+    model.load_state_dict({k: base[k] for k in model.state_dict()})
+    net = create_lycoris(model, 1.0, linear_dim={"diag-oft": 8, "boft": 10}.get(algo, 4), linear_alpha=2.0,
+                         algo=algo, **extra)
+    net.apply_to()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    from fixtures.lycoris_files import effective_weight
+    merged = {}
+    for name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            w, b = effective_weight(module)  # what lycoris' own forward applies
+            merged[f"diffusion_model.{name}.weight"] = w
+            if f"{name}.bias" in base:
+                merged[f"diffusion_model.{name}.bias"] = b
+    LIBRARY_MERGES[kind] = merged
+    return {"lora_unet_" + k[len("lycoris_"):]: v.detach().float().contiguous()
+            for k, v in net.state_dict().items()}
 
 
 @pytest.fixture(scope="session")
-def kind_files(tmp_path_factory):
+def kind_files(tmp_path_factory, tiny_model_cache):
     d = tmp_path_factory.mktemp("patchbay-random-loras")
+    base = {k[len("diffusion_model."):]: v for k, v in _w0(tiny_model_cache.sd15_unet().path).items()}
     out = {}
     for i, kind in enumerate(KINDS):
-        for variant in (1, 2):  # two files per kind, so rows of one kind stack
+        for variant in (1, 2, 3):  # several files per kind, so rows of one kind stack
             p = d / f"{kind}_{variant}.safetensors"
-            save_file(_kind_tensors(kind, torch.Generator().manual_seed(100 * i + variant)), str(p))
+            tensors = (_lycoris_tensors(kind, 100 * i + variant, base) if variant == 3 else
+                       _kind_tensors(kind, torch.Generator().manual_seed(100 * i + variant)))
+            save_file(tensors, str(p))
             out[f"{kind}_{variant}"] = p
     bad = d / "corrupt.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
@@ -212,6 +273,13 @@ def rand_server(comfy_install, tiny_model_cache, kind_files):
 
 # ---------------------------------------------------------------- oracle (test process, lora_core)
 
+def _w0(unet_path: Path) -> dict:
+    """The probed tensors of the tiny UNet file, under the model's ``diffusion_model.`` names."""
+    subs = PROBE_FILTER.split(",")
+    return {"diffusion_model." + k: v.float().clone() for k, v in load_file(str(unet_path)).items()
+            if any(s in k for s in subs)}
+
+
 class Oracle:
     """From-scratch merges against W0 with the engine's own maths, on the probed keys only."""
 
@@ -219,8 +287,7 @@ class Oracle:
         from lora_core.api import open_lora
         sd = load_file(str(unet_path))
         self.shapes = {"diffusion_model." + k: tuple(v.shape) for k, v in sd.items()}
-        subs = PROBE_FILTER.split(",")
-        self.w0 = {"diffusion_model." + k: v.float().clone() for k, v in sd.items() if any(s in k for s in subs)}
+        self.w0 = _w0(unet_path)
         self.files = {k: open_lora(str(p), cache=None) for k, p in kind_files.items() if k != "corrupt"}
         self.raw = {k: load_file(str(p)) for k, p in kind_files.items() if k != "corrupt"}
         self._reports = {}
@@ -263,8 +330,21 @@ class Oracle:
 
 
 @pytest.fixture(scope="session")
-def oracle(rand_server, kind_files):
-    return Oracle(rand_server.unet_path, kind_files)
+def oracle(tiny_model_cache, kind_files):
+    return Oracle(tiny_model_cache.sd15_unet().path, kind_files)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lycoris_written_files_merge_as_lycoris_applies_them(oracle, kind):
+    """The oracle itself, on the files lycoris-lora wrote: lora_core's merge at strength 1 = lycoris' forward."""
+    want = LIBRARY_MERGES[kind]
+    got = oracle.merged([(f"{kind}_3", 1.0)])
+    for key, w in want.items():
+        delta_lib, delta_ours = w - oracle.w0[key], got[key] - oracle.w0[key]
+        err = ((delta_ours - delta_lib).norm() / delta_lib.norm().clamp_min(1e-12)).item()
+        assert delta_lib.abs().max() > 1e-4 or key.endswith(".bias"), (kind, key)
+        if delta_lib.norm() > 1e-6:
+            assert err < 1e-4, f"{kind} {key}: ΔW differs from lycoris' by {err:.2e} (relative)"
 
 
 # ---------------------------------------------------------------- random chains
@@ -292,7 +372,7 @@ def _random_chain(rng: random.Random, i: int) -> list:
         first = [{"node": "stack_loader", "mode": "merge", "enabled": True,
                   "rows": [(f"{other}_1", _strength(rng) or 0.7, True)]},
                  {"node": rng.choice(("loader", "stack")), "mode": "bypass", "enabled": True,
-                  "rows": [(f"{kind}_{rng.randint(1, 2)}", _strength(rng) or -0.8, True)]},
+                  "rows": [(f"{kind}_{rng.randint(1, 3)}", _strength(rng) or -0.8, True)]},
                  {"node": "loader", "mode": "auto", "enabled": True,
                   "rows": [(f"{rng.choice(KINDS)}_2", _strength(rng), True)]}]
         return first[1:] + first[:1] if rng.random() < 0.5 else first
@@ -301,7 +381,7 @@ def _random_chain(rng: random.Random, i: int) -> list:
         node = rng.choice(("loader", "stack", "stack_loader"))
         n_rows = 1 if node == "loader" else rng.randint(1, 3)
         # a loader has no row toggle (its 'enabled' input is the toggle)
-        rows = [(f"{rng.choice(KINDS)}_{rng.randint(1, 2)}", _strength(rng), node == "loader" or rng.random() > 0.15)
+        rows = [(f"{rng.choice(KINDS)}_{rng.randint(1, 3)}", _strength(rng), node == "loader" or rng.random() > 0.15)
                 for _ in range(n_rows)]
         chain.append({"node": node, "mode": rng.choice(MODES), "rows": rows,
                       "enabled": rng.random() > 0.1 if node == "loader" else True})
@@ -421,10 +501,11 @@ def _check_caches(info: dict, where: str) -> None:
             assert held <= bound, f"{where}: cache {name} holds {held} > {bound} bytes {REPLAY}"
 
 
-def test_random_chains_through_a_real_server(rand_server, oracle):
+def test_random_chains_through_a_real_server(rand_server, oracle, capsys):
     srv, names = rand_server, rand_server.lora_names
     rng = random.Random(SEED)
-    print(f"\n[randomized chains] ComfyUI {srv.version}: seed {SEED}, {PROMPTS} prompts {REPLAY}")
+    with capsys.disabled():  # shown even under -q and without -s
+        print(f"\n[randomized chains] ComfyUI {srv.version}: seed {SEED}, {PROMPTS} prompts {REPLAY}")
     assert srv.pack_import_errors() == []
 
     # W0 as the server loads it, and the base latent

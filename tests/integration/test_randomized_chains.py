@@ -246,6 +246,12 @@ def kind_files(tmp_path_factory, tiny_model_cache):
     bad = d / "corrupt.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     out["corrupt"] = bad
+    other = d / "flux_only.safetensors"  # made for another model: matches nothing here
+    g = torch.Generator().manual_seed(5)
+    save_file({"lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.randn(96, 4, generator=g),
+               "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.randn(4, 32, generator=g)},
+              str(other))
+    out["flux_only"] = other
     return out
 
 
@@ -288,8 +294,9 @@ class Oracle:
         sd = load_file(str(unet_path))
         self.shapes = {"diffusion_model." + k: tuple(v.shape) for k, v in sd.items()}
         self.w0 = _w0(unet_path)
-        self.files = {k: open_lora(str(p), cache=None) for k, p in kind_files.items() if k != "corrupt"}
-        self.raw = {k: load_file(str(p)) for k, p in kind_files.items() if k != "corrupt"}
+        usable = {k: p for k, p in kind_files.items() if k not in ("corrupt", "flux_only")}
+        self.files = {k: open_lora(str(p), cache=None) for k, p in usable.items()}
+        self.raw = {k: load_file(str(p)) for k, p in usable.items()}
         self._reports = {}
 
     def report(self, name):
@@ -463,11 +470,16 @@ def _bad_requests(names: dict) -> list:
         ("unknown name", loader("rand/no_such_lora.safetensors"), "not in the loras folder", True),
         ("traversal", loader("../x.safetensors"), "traversal", True),
         ("traversal in a row", stack(json.dumps([{"lora": a}, {"lora": "../x.safetensors"}])), "row 2", True),
+        ("absolute path", loader("/etc/passwd"), "absolute", True),
         ("NaN strength", loader(a, float("nan")), "strength_model", True),
+        ("infinite strength", loader(a, float("inf")), "strength_model", True),
         ("huge row strength", stack_loader(json.dumps([{"lora": a, "strength": 1e30}])), "strength", True),
         ("negative huge row strength", stack(json.dumps([{"lora": a, "strength": -1e38}])), "strength", True),
         ("malformed rows", stack_loader('[{"lora": "%s", "strength": ' % a), "rows", True),
         ("corrupt file", loader(names["corrupt"], 1.0), "corrupt.safetensors", False),
+        ("LoRA for another model", stack_loader(json.dumps([{"lora": a, "strength": 0.5},
+                                                            {"lora": names["flux_only"], "strength": 1.0}])),
+         "matches nothing", False),
     ]
 
 

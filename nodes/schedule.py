@@ -55,7 +55,7 @@ class PatchbayLoraSchedule:
                 **row_inputs(),
                 "keyframes": ("STRING", {"default": "", "multiline": True, "tooltip":
                               "Keyframes 'start:multiplier, …' with start a fraction of sampling (0..1, or 50%), "
-                              "e.g. '0:1, 0.5:0.3, 1:0'. loractl style '1@0, 0@0.5' also works. "
+                              "e.g. '0:1, 0.5:0.3, 1:0'. loractl-style keyframes (multiplier, at-sign, start) also work. "
                               "When set, the start/end fields below are ignored."}),
                 "start_strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                              "tooltip": "Multiplier at start_percent (and before it)."}),

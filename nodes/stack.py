@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import files
 from .apply import apply_stack
-from .common import CATEGORY, MODE_TOOLTIP, MODES, ROWS_EXAMPLE, as_stack, lora_tag, parse_stack_text
+from .common import CATEGORY, MODE_TOOLTIP, MODES, as_stack, lora_tag, parse_stack_text
 from .coverage import record_run, stack_summary, ui_result
 from .ic_params import stack_ic_lora
 
@@ -30,7 +30,8 @@ class PatchbayLoraStack:
         return {
             "required": {
                 "rows": ("STRING", {"multiline": True, "default": "[]",
-                                    "tooltip": "The rows, as JSON: " + ROWS_EXAMPLE + ". 'on' toggles a row, "
+                                    "tooltip": "The rows, as a JSON list of rows with on, lora, strength and "
+                                               "strength_clip (see docs/nodes.md). 'on' toggles a row, "
                                                "'strength_clip' defaults to 'strength', 'hash' (sha256) finds "
                                                "a renamed or moved file. <lora:name:strength[:clip]> tags work too."}),
             },

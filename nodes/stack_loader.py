@@ -18,11 +18,11 @@ from .common import CATEGORY, MODE_TOOLTIP, MODES, as_stack, lora_tag, parse_sta
 from .coverage import record_run, ui_result
 
 EMPTY_ROWS = json.dumps({"version": STACK_VERSION, "options": {"separate_clip": False}, "rows": []})
-ROWS_TOOLTIP = ("The LoRA rows, edited on the node. Without the editor this is JSON: "
-                '{"version": 2, "options": {"separate_clip": false}, "rows": [{"id": "r-1", "on": true, '
-                '"lora": "x.safetensors", "strength": 1.0, "strength_clip": null}]}; with separate_clip false '
-                "the CLIP strength follows the model strength. A LoRA Stack row list or pasted "
-                "<lora:name:strength[:clip]> tags work too; 'hash' (sha256) finds a renamed or moved file.")
+# Tooltips are compiled by the frontend as vue-i18n messages: no braces, "@", "|" or "$" in them.
+ROWS_TOOLTIP = ("The LoRA rows, edited on the node. Without the editor this is a JSON object with 'version' 2, "
+                "'options' (separate_clip true or false) and 'rows', each row with id, on, lora, strength and "
+                "strength_clip (null = follow the model strength); see docs/nodes.md. A LoRA Stack row list or "
+                "pasted <lora:name:strength[:clip]> tags work too; 'hash' (sha256) finds a renamed or moved file.")
 
 
 class PatchbayLoraStackLoader:

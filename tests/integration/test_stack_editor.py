@@ -19,8 +19,8 @@ order (each starts from the state the previous one left):
 
 Screenshots of each step land in $PATCHBAY_SHOTS (default /tmp/patchbay/shots).
 PATCHBAY_PACK_DIR=<dir> serves another checkout of the pack (its own server).
-Where Nodes 2.0 cannot render a node ("Node Render Error", e.g. vue-i18n
-placeholders in the locale strings) the steps xfail and say so.
+A node Nodes 2.0 cannot render ("Node Render Error", e.g. vue-i18n syntax in
+the locale strings) fails the step.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 import comfy_harness as ch
 from test_info_node import write_tiny_sd15_lora
-from test_web_extension import CHROMIUM, CHROMIUM_ARGS, _frontend_args, sync_playwright, VUE_I18N_BUG, xfail_on_vue_render_error
+from test_web_extension import CHROMIUM, CHROMIUM_ARGS, _frontend_args, sync_playwright, VUE_RENDER_ERROR, assert_no_vue_render_error
 
 SHOTS = Path(os.environ.get("PATCHBAY_SHOTS", "/tmp/patchbay/shots"))
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -316,7 +316,7 @@ def test_1_add_rows_through_picker(session):
     page.wait_for_timeout(800)
     if s.renderer == "vue" and page.locator(f'.node-error[data-node-id="{s.node}"]').count():
         s.raw_only = True  # the later steps skip; this one names the cause
-        xfail_on_vue_render_error(page, s.node)
+        assert_no_vue_render_error(page, s.node)
     if s.renderer == "vue" and not page.locator("[data-testid=patchbay-stack]").count():
         # Nodes 2.0 of this frontend cannot show a DOM widget: the raw JSON shows, with one notice.
         fe = page.evaluate("() => __COMFYUI_FRONTEND_VERSION__")
@@ -676,9 +676,7 @@ def test_6_survives_everything(session_editor):
         page.evaluate("async (v) => { await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', v); }", not vue)
         page.wait_for_timeout(1500)
         s.node = _find_stack_node(s)
-        if not vue and page.locator(f'.node-error[data-node-id="{s.node}"]').count():
-            page.evaluate("async () => { await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', false); }")
-            pytest.xfail(VUE_I18N_BUG)
+        assert vue or not page.locator(f'.node-error[data-node-id="{s.node}"]').count(), VUE_RENDER_ERROR
         assert_same(s, want)
         s.shot("6g-renderer-switched")
         page.evaluate("async (v) => { await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', v); }", vue)

@@ -145,7 +145,10 @@ def _plain_delta(key: str, contribs: tuple[Contribution, ...], shape: torch.Size
     else:
         col = torch.tensor([s for s, r in zip(scales, ranks) for _ in range(r)], dtype=torch.float32)
         b = b_cat * col.to(device, non_blocking=True)
-    if out is not None and out.numel() == rows * a_cat.shape[1]:
+    # Memory made under inference_mode can only be written inside it (ComfyUI's executor runs there; a node
+    # or script that patches outside it must not get such a tensor back).
+    if out is not None and out.numel() == rows * a_cat.shape[1] \
+            and (torch.is_inference_mode_enabled() or not out.is_inference()):
         d = out.view(rows, a_cat.shape[1]).zero_()  # a superseded sum's memory: no new allocation
     else:
         d = torch.zeros((rows, a_cat.shape[1]), dtype=torch.float32, device=device)

@@ -113,6 +113,12 @@ with torch.no_grad():
     mm.load_models_gpu([R], force_full_load=True)
     wr = {k: v.clone() for k, v in net.state_dict().items()}
 out["outside_inference_exact"] = same(wr, fresh(R))
+# another key set outside inference_mode: ComfyUI's own patch path, recycling ΔW memory made inside it
+T = ours(base, "q", 0.9)
+with torch.no_grad():
+    mm.load_models_gpu([T], force_full_load=True)
+    wt = {k: v.clone() for k, v in net.state_dict().items()}
+out["outside_inference_full_patch_exact"] = same(wt, fresh(T))
 out["unpatch_exact"] = same(load(base), orig)
 
 # two branches on one base, same keys: alternate
@@ -187,6 +193,10 @@ def test_slider_change_rewrites_only_the_changed_parameter_bit_exactly(sync_resu
 
 def test_sync_outside_inference_mode_is_exact_too(sync_result):
     assert sync_result["outside_inference_exact"] is True
+
+
+def test_full_patch_outside_inference_mode_recycles_no_inference_memory(sync_result):
+    assert sync_result["outside_inference_full_patch_exact"] is True
 
 
 def test_unpatch_gives_back_the_base_bit_for_bit(sync_result):

@@ -1004,3 +1004,31 @@ def latent_stats(result: PromptResult, node_id: Optional[str] = None) -> dict:
             raise KeyError(f"expected one latent_stats output, got {len(hits)}")
         return hits[0]["latent_stats"][0]
     return result.outputs[str(node_id)]["latent_stats"][0]
+
+
+# The start of every child script that imports ComfyUI (CPU) and then our pack the way ComfyUI's loader does
+# (package "lora-patchbay" from the repo's __init__.py); the script's own code follows and prints
+# "RESULT <json>".  The child runs in the install's folder with the install's own Python.
+PACK_CHILD_PRELUDE = r'''
+import importlib.util, json, os, sys, tempfile, time
+sys.argv = [sys.argv[0], "--cpu"]
+sys.path.insert(0, os.getcwd())
+import comfy.options; comfy.options.enable_args_parsing()
+import torch
+import folder_paths
+REPO = os.environ["PATCHBAY_REPO"]
+spec = importlib.util.spec_from_file_location("lora-patchbay", os.path.join(REPO, "__init__.py"),
+                                              submodule_search_locations=[REPO])
+pack = importlib.util.module_from_spec(spec); sys.modules["lora-patchbay"] = pack; spec.loader.exec_module(pack)
+'''
+
+
+def run_pack_child(install: "ComfyInstall", script: str, timeout: int = 300) -> dict:
+    """Run PACK_CHILD_PRELUDE + script with the install's Python; return its RESULT object."""
+    env = dict(os.environ, PATCHBAY_REPO=str(REPO_ROOT))
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([install.python, "-c", PACK_CHILD_PRELUDE + script], cwd=str(install.path), env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads(lines[-1][len("RESULT "):])

@@ -11,28 +11,16 @@ bit-identical at the end.
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import textwrap
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+import comfy_harness as ch
+
 
 CHILD = textwrap.dedent(r'''
-import importlib.util, json, os, sys, tempfile
-sys.argv = [sys.argv[0], "--cpu"]
-sys.path.insert(0, os.getcwd())
-import comfy.options; comfy.options.enable_args_parsing()
-import torch
 import folder_paths, comfy.model_patcher, comfy.model_management as mm
 from safetensors.torch import load_file, save_file
-REPO = os.environ["PATCHBAY_REPO"]
-spec = importlib.util.spec_from_file_location("lora-patchbay", os.path.join(REPO, "__init__.py"),
-                                              submodule_search_locations=[REPO])
-pack = importlib.util.module_from_spec(spec); sys.modules["lora-patchbay"] = pack; spec.loader.exec_module(pack)
 Loader = pack.NODE_CLASS_MAPPINGS["PatchbayLoraLoader"]
 
 d = tempfile.mkdtemp()
@@ -141,13 +129,7 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="session")
 def mixed_result(comfy_install):
-    env = dict(os.environ, PATCHBAY_REPO=str(REPO))
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run([comfy_install.python, "-c", CHILD], cwd=str(comfy_install.path), env=env,
-                          capture_output=True, text=True, timeout=300)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-6000:]
-    return json.loads(lines[-1][7:])
+    return ch.run_pack_child(comfy_install, CHILD, timeout=300)
 
 
 TOL = 1e-4  # fp32 model: rounding only

@@ -9,25 +9,14 @@ and registration once on a route table.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import textwrap
 
 import pytest
 
-from comfy_harness import REPO_ROOT, discover_installs
+from comfy_harness import discover_installs, run_pack_child
 
 CHILD = textwrap.dedent(r'''
-import importlib.util, json, os, sys, tempfile, time
-sys.argv = [sys.argv[0], "--cpu"]
-sys.path.insert(0, os.getcwd())
-import comfy.options; comfy.options.enable_args_parsing()
-import torch, folder_paths
 from safetensors.torch import save_file
-REPO = os.environ["PATCHBAY_REPO"]
-spec = importlib.util.spec_from_file_location("lora-patchbay", os.path.join(REPO, "__init__.py"),
-                                              submodule_search_locations=[REPO])
-pack = importlib.util.module_from_spec(spec); sys.modules["lora-patchbay"] = pack; spec.loader.exec_module(pack)
 routes = sys.modules["lora-patchbay.nodes.routes"]
 cov = sys.modules["lora-patchbay.nodes.coverage"]
 stack_mod = sys.modules["lora-patchbay.lora_core.stack"]
@@ -93,13 +82,7 @@ def result(request):
     inst = request.param
     if inst is None:
         pytest.skip("no ComfyUI found")
-    env = {**os.environ, "PATCHBAY_REPO": str(REPO_ROOT)}
-    env.pop("PYTHONPATH", None)
-    proc = subprocess.run([inst.python, "-c", CHILD], cwd=inst.path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    return run_pack_child(inst, CHILD)
 
 
 def test_list_is_cached_by_path_mtime_and_size(result):

@@ -19,23 +19,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import sys
-import traceback
-import types
 
-COMFY = os.path.abspath(sys.argv[1])
-OUT = sys.argv[2]
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+from driver_kit import RESULTS, check, start  # noqa: E402
 
-sys.argv = [sys.argv[0], "--cpu"]
-sys.path.insert(0, COMFY)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-os.chdir(COMFY)
-
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
+COMFY, OUT = start()
 
 import torch  # noqa: E402
 import comfy.model_management  # noqa: E402,F401
@@ -44,17 +31,9 @@ import comfy.patcher_extension  # noqa: E402
 import comfy.sd  # noqa: E402
 import nodes  # noqa: E402
 
-pkg = types.ModuleType("lora_patchbay")
-pkg.__path__ = [REPO]
-sys.modules["lora_patchbay"] = pkg
-sub = types.ModuleType("lora_patchbay.nodes")
-sub.__path__ = [os.path.join(REPO, "nodes")]
-sys.modules["lora_patchbay.nodes"] = sub
-
 ic = importlib.import_module("lora_patchbay.nodes.iclora")
 from lora_patchbay.lora_core.iclora import ICLoraError  # noqa: E402
 
-RESULTS: dict[str, str] = {}
 try:
     import comfy.nested_tensor as nested_tensor
     from comfy.ldm.lightricks.av_model import LTXAVModel
@@ -64,16 +43,6 @@ except ImportError:
     HAS_AV = False
 
 
-def check(fn):
-    name = fn.__name__
-    try:
-        r = fn()
-        RESULTS[name] = r if isinstance(r, str) and r.startswith("skip") else "ok"
-    except AssertionError as e:
-        RESULTS[name] = f"FAIL: {e}\n{traceback.format_exc(limit=-4)}"
-    except Exception as e:  # noqa: BLE001
-        RESULTS[name] = f"FAIL: {type(e).__name__}: {e}\n{traceback.format_exc(limit=-4)}"
-    return fn
 
 
 class FakeLTXVAE:

@@ -252,7 +252,8 @@ def _geometry(layout: GridLayout, r: TextRenderer, cell_h: int, cell_w: int) -> 
     row_texts = list(layout.labels_y) + ([layout.title_y] if layout.title_y and layout.labels_y else [])
     left = 0
     if layout.labels_y:
-        left = min(max(r.width(t) for t in row_texts) + 2 * pad, max(cell_w, 4 * line))
+        # Wide enough for an axis title such as "glow strength" on small cells; long labels still get an ellipsis.
+        left = min(max(r.width(t) for t in row_texts) + 2 * pad, max(cell_w, 10 * line))
     top = title_h + labels_h
     width = left + layout.columns * cell_w + (layout.columns - 1) * layout.gap
     height = top + layout.rows * (cell_h + text_h) + (layout.rows - 1) * layout.gap

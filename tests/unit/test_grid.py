@@ -120,3 +120,14 @@ def test_png_round_trip(use_pillow, tmp_path):
     grid.write_png(str(path), img, use_pillow=use_pillow)
     assert path.read_bytes() == data
     assert [p.name for p in tmp_path.iterdir()] == ["g.png"]  # no temporary left
+
+
+
+@pytest.mark.parametrize("system_font", [True, False])
+def test_row_axis_title_of_a_small_grid_is_not_cut(system_font):
+    """An axis title like "glow strength" fits in the row-label band beside 32-pixel cells (it was "glow stren…")."""
+    layout = GridLayout(columns=2, rows=2, labels_x=("0", "1"), labels_y=("0", "1"),
+                        title_x="ink strength", title_y="glow strength", font_size=12)
+    out = grid_image([torch.zeros(32, 32, 3)] * 4, layout, use_system_font=system_font)
+    band = out.shape[2] - 2 * 32 - layout.gap
+    assert band >= TextRenderer(12, use_system_font=system_font).width("glow strength")

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tiny_models import kohya_lora
 import torch
 from safetensors.torch import save_file
 
@@ -65,17 +67,11 @@ def _taesd_halves(seed: int = 0) -> tuple[dict, dict]:
 
 
 def _kohya(seed: int, rank: int = 4, scale: float = 1.0) -> dict:
-    g = torch.Generator().manual_seed(seed)
     mods = {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
             "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_v": (320, 320),
             "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k": (320, 768),
             "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_out_0": (320, 320)}
-    sd = {}
-    for name, (out, inp) in mods.items():
-        sd[f"{name}.lora_up.weight"] = torch.randn(out, rank, generator=g) * scale
-        sd[f"{name}.lora_down.weight"] = torch.randn(rank, inp, generator=g) * scale
-        sd[f"{name}.alpha"] = torch.tensor(float(rank))
-    return sd
+    return kohya_lora(mods, seed, rank, scale=scale)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
+
+from tiny_models import kohya_lora
 import torch
 from safetensors.torch import save_file
 
@@ -24,18 +26,12 @@ FILTER = "transformer_blocks.0.attn1.to_q.weight,transformer_blocks.0.attn2.to_k
 
 
 def _kohya(seed: int, rank: int, alpha: float, clip: bool = True, scale: float = 0.05) -> dict:
-    g = torch.Generator().manual_seed(seed)
     mods = {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
             "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k": (320, 768)}
     if clip:
         mods.update({"lora_te_text_model_encoder_layers_0_self_attn_q_proj": (768, 768),
                      "lora_te_text_model_encoder_layers_0_mlp_fc1": (3072, 768)})
-    sd = {}
-    for name, (out, inp) in mods.items():
-        sd[f"{name}.lora_up.weight"] = torch.randn(out, rank, generator=g) * scale
-        sd[f"{name}.lora_down.weight"] = torch.randn(rank, inp, generator=g) * scale
-        sd[f"{name}.alpha"] = torch.tensor(float(alpha))
-    return sd
+    return kohya_lora(mods, seed, rank, alpha, scale)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
-import torch
+
+from tiny_models import kohya_lora
 from safetensors.torch import save_file
 
 from comfy_harness import REPO_ROOT, Graph
@@ -25,16 +26,6 @@ HOSTILE_FILE = "<img src=x onerror=alert(2)>.safetensors"
 HOSTILE_TITLE = "<script>alert(3)</script>&amp;"
 PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
                     "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082")
-
-
-def _kohya(seed: int, mods: dict, rank: int = 4, scale: float = 0.05) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, (out, inp) in mods.items():
-        sd[f"{name}.lora_up.weight"] = torch.randn(out, rank, generator=g) * scale
-        sd[f"{name}.lora_down.weight"] = torch.randn(rank, inp, generator=g) * scale
-        sd[f"{name}.alpha"] = torch.tensor(float(rank))
-    return sd
 
 
 SD15 = {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320),
@@ -47,13 +38,13 @@ SDXL = {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k": (640, 2048
 @pytest.fixture(scope="session")
 def route_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("patchbay-route-loras")
-    save_file(_kohya(1, SD15), str(d / "sd15.safetensors"),
+    save_file(kohya_lora(SD15, 1, 4), str(d / "sd15.safetensors"),
               metadata={"ss_tag_frequency": '{"10_tok": {"sks dog": 4}}', "ss_base_model_version": "sd_v1"})
-    save_file(_kohya(2, SDXL), str(d / "sdxl.safetensors"))
-    save_file(_kohya(3, SD15), str(d / "hostile.safetensors"),
+    save_file(kohya_lora(SDXL, 2, 4), str(d / "sdxl.safetensors"))
+    save_file(kohya_lora(SD15, 3, 4), str(d / "hostile.safetensors"),
               metadata={"modelspec.title": HOSTILE_TITLE, "ss_tag_frequency": json.dumps(
                   {"1_x": {"<img src=y onerror=alert(4)>": 1}})})
-    save_file(_kohya(4, SD15), str(d / "renamed.safetensors"))
+    save_file(kohya_lora(SD15, 4, 4), str(d / "renamed.safetensors"))
     (d / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     (d / "preview.png").write_bytes(PNG)
     return d

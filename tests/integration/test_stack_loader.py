@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+
+from tiny_models import kohya_lora
 from safetensors.torch import save_file
 
 from comfy_harness import Graph, PromptRejected
@@ -25,13 +26,7 @@ MODS = {"lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q": (320, 320)
 
 
 def _kohya(seed: int, rank: int, alpha: float, scale: float = 0.05) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for name, (out, inp) in MODS.items():
-        sd[f"{name}.lora_up.weight"] = torch.randn(out, rank, generator=g) * scale
-        sd[f"{name}.lora_down.weight"] = torch.randn(rank, inp, generator=g) * scale
-        sd[f"{name}.alpha"] = torch.tensor(float(alpha))
-    return sd
+    return kohya_lora(MODS, seed, rank, alpha, scale)
 
 
 @pytest.fixture(scope="session")

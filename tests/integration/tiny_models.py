@@ -435,3 +435,16 @@ class TinyModelCache:
         return self._file("sd15_checkpoint", "checkpoints",
                           {"f": "sd15ckpt", "cfg": cfg.__dict__, "seed": seed,
                            "dtype": str(dtype), "clip": str(clip_dtype)}, build, cfg)
+
+
+def kohya_lora(mods: Dict[str, Tuple[int, int]], seed: int, rank: int, alpha: Optional[float] = None,
+               scale: float = 0.05) -> Dict[str, torch.Tensor]:
+    """A kohya-named plain LoRA state dict, as kohya's sd-scripts write it (``<module>.lora_up/lora_down.weight`` and
+    ``.alpha``), with seeded random factors: ``mods`` maps kohya module names to (out, in); alpha defaults to rank."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, (out, inp) in mods.items():
+        sd[f"{name}.lora_up.weight"] = torch.randn(out, rank, generator=g) * scale
+        sd[f"{name}.lora_down.weight"] = torch.randn(rank, inp, generator=g) * scale
+        sd[f"{name}.alpha"] = torch.tensor(float(rank if alpha is None else alpha))
+    return sd

@@ -12,8 +12,9 @@ for both and left out):
 
 * a stack of 4 LoRAs, the quarter LoRA's strength changes — ours (4 chained
   PatchbayLoraLoader) vs core (4 chained loaders; loaders 3 and 4 re-run);
-* one LoRA (L64, every layer), strength change (every key changes: no
-  parameter can be reused, the gain is the fused fp32 maths only);
+* one LoRA (L64, every layer), strength change (every key changes; each
+  key's strength-free product B·A is cached at the first load, so the move
+  is one scaled add per key and no GEMM);
 * the same change reverted (ours serves unchanged ΔW sums from its cache);
 * bypass mode: the slider change cost, and the per-step forward cost vs
   merged on an fp32 copy of the first 16 layers (fp16 matmul on CPU is

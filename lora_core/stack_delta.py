@@ -198,21 +198,43 @@ def stack_delta(key: str, contribs: tuple[Contribution, ...], base: torch.Tensor
     return total
 
 
+def add_scaled_(out: torch.Tensor, d: torch.Tensor, scale: float = 1.0,
+                scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``out += fl(scale·d)`` in place: the product rounded once, then the sum rounded once.
+
+    Two roundings, never a fused multiply-add, so the bits do not depend on
+    how the tensor is cut (row blocks, vector width, threads): a host that
+    rewrites a weight block by block gets exactly what a whole-tensor merge
+    gets.  ``scratch`` (``d``-shaped fp32) takes the product without a new
+    allocation.
+    """
+    if scale == 1.0:
+        return out.add_(d)
+    product = torch.mul(d, scale, out=scratch) if scratch is not None else torch.mul(d, scale)
+    return out.add_(product)
+
+
 def merged_weight(key: str, contribs: tuple[Contribution, ...], weight: torch.Tensor, *,
                   strength: float = 1.0, function: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                   in_place: bool = False, out_dtype: Optional[torch.dtype] = None,
-                  delta: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  delta: Optional[torch.Tensor] = None, delta_scale: float = 1.0) -> torch.Tensor:
     """The merged weight of one parameter: ``W' = W₀ + strength · function(D)``, fp32 accumulation.
 
     ``weight`` is W₀ (any float dtype and device; never written unless
     ``in_place`` and it is already fp32 of the final shape).  ``D`` is
-    :func:`stack_delta` of ``contribs``, or ``delta`` when the caller serves it
-    from a cache (it must be that same D).  A weight that a patch reshapes is
-    zero-padded to :func:`target_shape` first.  The result is fp32 (one
-    rounding at the end, by the caller) unless ``out_dtype`` is given.
+    :func:`stack_delta` of ``contribs``, or ``delta_scale · delta`` when the
+    caller serves it from a cache (it must be that same D; a host caches the
+    strength-free product ``B·A`` of a lone LoRA and passes its scale, see
+    :func:`add_scaled_`).  A weight that a patch reshapes is zero-padded to
+    :func:`target_shape` first.  The result is fp32 (one rounding at the end,
+    by the caller) unless ``out_dtype`` is given.
     """
     shape = target_shape(key, contribs, weight.shape)
     d = stack_delta(key, contribs, weight, shape) if delta is None else delta
+    scale = 1.0 if delta is None else float(delta_scale)
+    if function is not None or (strength != 1.0 and scale != 1.0):
+        d = d if scale == 1.0 else torch.mul(d, scale)
+        scale = 1.0
     if function is not None:
         d = function(d)
     if weight.dtype == torch.float32 and weight.shape == shape and in_place:
@@ -223,7 +245,7 @@ def merged_weight(key: str, contribs: tuple[Contribution, ...], weight: torch.Te
         out = torch.zeros(shape, dtype=torch.float32, device=weight.device)
         out[tuple(slice(0, n) for n in weight.shape)].copy_(weight)
     if strength == 1.0:
-        out.add_(d)
+        add_scaled_(out, d, scale)
     else:
         out.add_(d, alpha=strength)
     if out_dtype is not None and out.dtype != out_dtype:

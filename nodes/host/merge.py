@@ -12,9 +12,12 @@ on W₀ unless a contribution is base-dependent (DoRA, OFT/BOFT, IA3, GLoRA,
 set), so base-independent ``D`` is cached by (parameter key, contribution
 tuple, device, shape) in a byte-bounded :class:`~lora_core.cache.DeltaCache`:
 a hit is bit-identical to a fresh compute because both add the same ``D``
-tensor to the incoming weight.  Plain LoRA factors are cached in fp32 on the
-weight's device, so a slider change costs one small ``B`` rescale, one GEMM
-and one add per parameter.
+tensor to the incoming weight.  A parameter patched by one plain LoRA alone
+caches the strength-free product ``P = B·A`` instead, and every path merges
+it as ``W₀ + fl(s·P)`` (``stack_delta.add_scaled_``), so its slider moves
+cost no GEMM at all: one scaled add per parameter.  Other plain-LoRA stacks
+cache their fp32 factors on the weight's device, so a slider change costs
+one small ``B`` rescale, one GEMM and one add per parameter.
 
 A slider change touches only what changed (:func:`sync_merged`).  A clone
 whose Patchbay keys are the same as its sibling's gets the same
@@ -52,8 +55,8 @@ import comfy.weight_adapter
 from ...lora_core.cache import ByteLRU, DeltaCache, FreeMemoryPolicy, env_bytes
 from ...lora_core.errors import NonFiniteError
 from ...lora_core.plan import Contribution, PatchPlan, normalized
-from ...lora_core.stack_delta import (base_independent, is_plain_lora, merged_weight, plain_factors, stack_delta,
-                                      target_shape)
+from ...lora_core.stack_delta import (add_scaled_, base_independent, is_plain_lora, merged_weight, plain_factors,
+                                      stack_delta, target_shape)
 
 log = logging.getLogger("lora-patchbay")
 
@@ -115,11 +118,12 @@ def _whole_plain(contribs: tuple[Contribution, ...]) -> bool:
 
 
 def _plain_delta(key: str, contribs: tuple[Contribution, ...], shape: torch.Size,
-                 device: torch.device, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                 device: torch.device, out: Optional[torch.Tensor] = None, unit: bool = False) -> torch.Tensor:
     """D = (B_cat·diag(s))·A_cat for plain LoRAs on the whole weight, in few kernels.
 
     ``[B₁ | B₂ | …]`` and ``[A₁; A₂; …]`` (fp32, scale 1) are cached per tuple
-    of module patches, so a slider change is one column scaling and one GEMM.
+    of module patches, so a slider change is one column scaling and one GEMM;
+    ``unit`` skips the scaling (the strength-free product of a lone LoRA).
     The GEMM is an in-place ``addmm_`` into zeros: with two CPU threads
     ``torch.mm`` of these shapes runs several times slower (measured 2–35 ms
     vs 2 ms for 1280×120×1280).
@@ -140,7 +144,9 @@ def _plain_delta(key: str, contribs: tuple[Contribution, ...], shape: torch.Size
         FACTOR_CACHE.put(ckey, hit)
     b_cat, a_cat, ranks = hit[0], hit[1], hit[2].tolist()
     scales = [c.strength * c.resolved.patch.scale for c in contribs]
-    if len(scales) == 1:
+    if unit:
+        b = b_cat
+    elif len(scales) == 1:
         b = b_cat * scales[0]
     else:
         col = torch.tensor([s for s, r in zip(scales, ranks) for _ in range(r)], dtype=torch.float32)
@@ -155,15 +161,39 @@ def _plain_delta(key: str, contribs: tuple[Contribution, ...], shape: torch.Size
     return d.addmm_(b, a_cat).view(shape)
 
 
+def lone_lora_scale(contribs: tuple[Contribution, ...]) -> Optional[float]:
+    """``s·c`` when the parameter's only contribution is one plain LoRA on the whole weight, else None."""
+    if len(contribs) != 1 or not _whole_plain(contribs):
+        return None
+    c = contribs[0]
+    return c.strength * c.resolved.patch.scale
+
+
 def cached_delta(key: str, contribs: tuple[Contribution, ...], base: torch.Tensor,
-                 shape: torch.Size) -> torch.Tensor:
-    """``stack_delta`` with cached factors, served from the ΔW cache when it cannot depend on W₀."""
+                 shape: torch.Size) -> tuple[torch.Tensor, float]:
+    """``(T, scale)`` with ``D = scale·T`` (:func:`stack_delta` with cached factors), served from
+    the ΔW cache when it cannot depend on W₀.
+
+    A lone plain LoRA gives its strength-free product ``T = B·A`` (cached by
+    module patch, so every strength of that LoRA hits) and ``scale = s·c``;
+    anything else gives ``T = D`` and 1.  Merge ``T`` with
+    ``add_scaled_``/``merged_weight(delta_scale=…)``: every path then rounds alike.
+    """
     cache = _delta_cache(base.device) if base_independent(contribs) else None
+    scale = lone_lora_scale(contribs)
+    if scale is not None:
+        ckey = (key, "product", contribs[0].resolved.patch, str(base.device), tuple(shape))
+        hit = cache.get(ckey) if cache is not None else None
+        if hit is None:
+            hit = _plain_delta(key, contribs, torch.Size(shape), base.device, unit=True)
+            if cache is not None:
+                cache.put(ckey, hit)
+        return hit, scale
     if cache is not None:
         ckey = (key, contribs, str(base.device), tuple(shape))
         hit = cache.get(ckey)
         if hit is not None:
-            return hit
+            return hit, 1.0
     if _whole_plain(contribs):
         reuse = cache.recycle(key, shape, torch.float32, base.device) if cache is not None else None
         d = _plain_delta(key, contribs, torch.Size(shape), base.device, out=reuse)
@@ -171,7 +201,7 @@ def cached_delta(key: str, contribs: tuple[Contribution, ...], base: torch.Tenso
         d = stack_delta(key, contribs, base, shape, factor_source=_cached_factors)
     if cache is not None:
         cache.put(ckey, d)
-    return d
+    return d, 1.0
 
 
 class PatchbayAdapter(comfy.weight_adapter.WeightAdapterBase):
@@ -201,9 +231,10 @@ class PatchbayAdapter(comfy.weight_adapter.WeightAdapterBase):
         # forward: the result must keep the compute dtype of ``weight``.
         out_dtype = None if intermediate_dtype == torch.float32 else weight.dtype
         try:
-            d = cached_delta(key, self.contributions, weight, target_shape(key, self.contributions, weight.shape))
+            d, scale = cached_delta(key, self.contributions, weight,
+                                    target_shape(key, self.contributions, weight.shape))
             out = merged_weight(key, self.contributions, weight, strength=float(strength), function=function,
-                                in_place=True, out_dtype=out_dtype, delta=d)
+                                in_place=True, out_dtype=out_dtype, delta=d, delta_scale=scale)
             if not bool(torch.isfinite(out).all()):
                 # the last line of defence (rows and schedules are bounded, files checked for NaN/Inf):
                 # an error naming the LoRAs, never a model with NaN/Inf weights
@@ -434,10 +465,11 @@ def _rewrite_blocks(patcher, key: str, param: torch.Tensor, w0: torch.Tensor, te
     """The common case in one read of W₀ and one write of the weight: the key's only patch is
     our adapter with base-independent contributions, on an fp32/fp16/bf16 weight.
 
-    Per row block ``W' = round(fp32(W₀) + D)`` — elementwise the very operations of the
-    load path (ComfyUI's fp32 copy, our ``add_`` of the same cached ``D``, its rounding),
-    so the bits agree; it only skips the full-size temporaries.  Returns False when the
-    general path must run.
+    Per row block ``W' = round(fp32(W₀) + fl(scale·T))`` — elementwise the very operations
+    of the load path (ComfyUI's fp32 copy, our ``add_scaled_`` of the same cached ``T``, its
+    rounding), so the bits agree; it only skips the full-size temporaries.  For a lone LoRA
+    ``T`` is its cached product ``B·A``, so a slider move is this one pass and no GEMM.
+    Returns False when the general path must run.
     """
     patches = patcher.patches.get(key) or ()
     if len(patches) != 1 or not _is_ours(patches[0]):
@@ -453,31 +485,35 @@ def _rewrite_blocks(patcher, key: str, param: torch.Tensor, w0: torch.Tensor, te
         return False
     shape = param.shape
     with torch.inference_mode():
-        d = cached_delta(key, contribs, param, target_shape(key, contribs, shape))
+        d, scale = cached_delta(key, contribs, param, target_shape(key, contribs, shape))
         if d.shape != shape:
             return False
         rows = shape[0]
         cols = param.numel() // rows
         block = max(1, SYNC_BLOCK_ELEMENTS // max(cols, 1))
         ws = _workspace(param.device, torch.float32, min(rows, block) * cols)
+        scratch = _workspace(param.device, torch.float32, min(rows, block) * cols, slot=1) if scale != 1.0 else None
         src, dv, dst = w0.view(rows, cols), d.reshape(rows, cols), param.data.view(rows, cols)
         for r0 in range(0, rows, block):
             r1 = min(rows, r0 + block)
-            x = ws[: (r1 - r0) * cols].view(r1 - r0, cols)
+            n = (r1 - r0) * cols
+            x = ws[:n].view(r1 - r0, cols)
             x.copy_(src[r0:r1])
-            x.add_(dv[r0:r1])
+            add_scaled_(x, dv[r0:r1], scale, scratch=None if scratch is None else scratch[:n].view(r1 - r0, cols))
             dst[r0:r1].copy_(x)
     return True
 
 
-_WORKSPACES: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+_WORKSPACES: dict[tuple[str, torch.dtype, int], torch.Tensor] = {}
 
 
-def _workspace(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
-    """A flat scratch tensor for one rewrite at a time (the largest weight seen so far)."""
-    ws = _WORKSPACES.get((str(device), dtype))
+def _workspace(device: torch.device, dtype: torch.dtype, numel: int, slot: int = 0) -> torch.Tensor:
+    """A flat scratch tensor for one rewrite at a time (the largest weight seen so far); ``slot``
+    tells apart the buffers one rewrite uses together."""
+    key = (str(device), dtype, slot)
+    ws = _WORKSPACES.get(key)
     if ws is None or ws.numel() < numel:
-        ws = _WORKSPACES[(str(device), dtype)] = torch.empty(numel, dtype=dtype, device=device)
+        ws = _WORKSPACES[key] = torch.empty(numel, dtype=dtype, device=device)
     return ws[:numel]
 
 

@@ -9,6 +9,7 @@ Checks, each against a fresh full load of the same clone (unpatch, re-patch):
 * the host's unpatch gives back the base weights bit for bit;
 * two branches on one base, alternately loaded, each get exactly their own
   weights (never each other's LoRAs);
+* a lone LoRA's slider move re-uses its cached product ``B·A`` (no GEMM), exactly;
 * lowvram: the per-forward patches follow the loaded clone;
 * a key with core's LoRA patch before ours is rewritten through core's maths;
 * a different key set gets a fresh uuid (ComfyUI's full re-patch);
@@ -118,6 +119,19 @@ for p, ref in ((A, fa), (B, fb), (A, fa), (B, fb)):
 out["branches_exact"] = ok
 out["branches_differ"] = not same(fa, fb)
 
+# a lone LoRA's slider: its strength-free product B·A is cached, so the move runs no GEMM
+products = []
+real_plain = merge._plain_delta
+def counting_plain(*a, **k):
+    products.append(a[0]); return real_plain(*a, **k)
+merge._plain_delta = counting_plain
+S1, S2 = ours(base, "a", 0.45), ours(base, "a", -0.85)
+load(S1); rewrites.clear(); products.clear()
+ws2 = load(S2)
+out["lone_rewrites"], out["lone_products"] = len(rewrites), len(products)
+out["lone_exact"] = same(ws2, fresh(S2))
+merge._plain_delta = real_plain
+
 # core patch before ours on the same key: rewritten through core's maths
 C = core(base, "b", 0.5)
 M1, M2 = ours(C, "a", 0.7), ours(C, "a", 0.2)
@@ -189,6 +203,12 @@ def test_branches_on_one_base_never_see_each_others_loras(sync_result):
     assert sync_result["branches_same_uuid"] is True
     assert sync_result["branches_exact"] is True
     assert sync_result["branches_differ"] is True
+
+
+def test_a_lone_loras_slider_runs_no_gemm_and_stays_exact(sync_result):
+    assert sync_result["lone_rewrites"] == 4      # every parameter's contribution changed
+    assert sync_result["lone_products"] == 0      # served from the cached product B·A
+    assert sync_result["lone_exact"] is True
 
 
 def test_core_patch_on_the_same_key_goes_through_cores_maths(sync_result):

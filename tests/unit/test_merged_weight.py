@@ -6,7 +6,7 @@ import torch
 
 from lora_core.ir import CoverageReport, LoraWeights, ModulePatch, ResolvedPatch
 from lora_core.plan import build_plan
-from lora_core.stack_delta import merged_weight, stack_delta
+from lora_core.stack_delta import add_scaled_, merged_weight, stack_delta
 
 
 def plan_for(*specs, key="m.weight", out=16, inp=24):
@@ -81,3 +81,34 @@ def test_empty_contributions_return_the_weight_in_fp32():
     w0 = torch.randn(3, 5).half()
     out = merged_weight("m.weight", (), w0)
     assert out.dtype == torch.float32 and torch.equal(out, w0.float())
+
+
+def test_add_scaled_is_the_same_bits_whole_or_in_row_blocks():
+    """The host's slider sync rewrites weights in row blocks; its bits must be a whole-tensor merge's."""
+    g = torch.Generator().manual_seed(7)
+    for rows, cols in ((37, 53), (129, 7), (64, 1280)):
+        w0 = torch.randn(rows, cols, generator=g)
+        p = torch.randn(rows, cols, generator=g) * 1e-2
+        scale = 0.7123456789
+        whole = add_scaled_(w0.clone(), p, scale)
+        blocks = w0.clone()
+        scratch = torch.empty(rows, cols)
+        for r0 in range(0, rows, 5):
+            add_scaled_(blocks[r0:r0 + 5], p[r0:r0 + 5], scale, scratch=scratch[r0:r0 + 5])
+        assert torch.equal(whole.view(torch.int32), blocks.view(torch.int32))
+        assert torch.equal(whole, w0 + torch.mul(p, scale))  # two roundings, never a fused multiply-add
+
+
+def test_a_scaled_product_merges_like_the_delta_it_stands_for():
+    contribs = plan_for((4, 0.5, 0.8))
+    w0 = torch.randn(16, 24, generator=torch.Generator().manual_seed(8)).half()
+    c = contribs[0]
+    product = c.resolved.patch.weight.up @ c.resolved.patch.weight.down
+    scale = c.strength * c.resolved.patch.scale
+    out = merged_weight("m.weight", contribs, w0, delta=product, delta_scale=scale)
+    assert torch.equal(out, w0.float() + torch.mul(product, scale))
+    assert torch.allclose(out, reference(w0, contribs).float(), atol=1e-5)
+    # ComfyUI's patch strength and function see the scaled delta, not the bare product
+    shaped = merged_weight("m.weight", contribs, w0, strength=0.5, function=lambda x: x * 2.0,
+                           delta=product, delta_scale=scale)
+    assert torch.allclose(shaped, w0.float() + 0.5 * (torch.mul(product, scale) * 2.0), atol=1e-6)

@@ -27,6 +27,13 @@ Measured (best of a few runs; the machine is shared):
     set of one parameter (row-block workspace + concatenated factors), with
     the process high-water-mark (VmHWM) delta around the first merge as a
     cross-check;
+  * first touch: the merge gives every parameter new storage (W₀'s own
+    storage is the backup), and on a CPU the first write to fresh memory
+    takes one page fault per 4 KiB page, which the floor's memcpy into warm
+    buffers does not pay.  The bench counts the merge's minor page faults
+    (``getrusage``; Linux/macOS) and times writes into never-touched pages
+    (an anonymous ``mmap``) to price one fault, so the merge can be read as
+    floor + first touch + the rest;
   * ComfyUI core (when ``COMFYUI_DIR`` is set or ``~/ComfyUI`` exists):
     ``ModelPatcher.patch_model`` over the same weights and the same LoRAs
     loaded with ``comfy.lora.load_lora`` from kohya-style dicts, in a
@@ -36,8 +43,10 @@ The last line is JSON: merge_vs_floor, merge_vs_naive, repatch_vs_full,
 bypass_vs_merged, peak_extra_mb (and core_vs_merge with ComfyUI), plus
 merge_vs_floor_with_backups (the floor + cloning every touched weight into
 new memory — what a copied backup would add; the patcher now keeps W₀'s own
-storage as the backup and writes W₀ + D into new storage instead), and
-``rows`` with the issue-11 ratios: ``merge_vs_floor``, ``core_vs_merge``.
+storage as the backup and writes W₀ + D into new storage instead),
+merge_page_faults, fault_us and merge_vs_floor_after_first_touch (the merge
+less its page faults at the measured price, over the floor), and ``rows``
+with the issue-11 ratios: ``merge_vs_floor``, ``core_vs_merge``.
 
 Usage: python bench/patch.py [--threads 2] [--quick] [--device cpu|cuda] [--layers 100]
 Thread count is fixed inside (``torch.set_num_threads``); ``--quick`` is a
@@ -48,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -143,6 +153,38 @@ def best(fn, runs=None, setup=None, budget_s=20.0):
         if sum(times) > budget_s:
             break
     return min(times)
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def fault_price_s(pages: int = 16384) -> float:
+    """Seconds per minor page fault: writes into never-touched anonymous pages, less the same
+    writes into those pages once they are mapped (so only the first touch is priced)."""
+    if DEVICE != "cpu" or not minor_faults():
+        return 0.0
+    size = pages * mmap.PAGESIZE
+    best_fault = float("inf")
+    for _ in range(3):
+        region = mmap.mmap(-1, size)
+        view = torch.frombuffer(region, dtype=torch.uint8)
+        f0, t0 = minor_faults(), time.perf_counter()
+        view.fill_(1)
+        first, faults = time.perf_counter() - t0, minor_faults() - f0
+        t0 = time.perf_counter()
+        view.fill_(2)
+        warm = time.perf_counter() - t0
+        del view
+        region.close()
+        if faults:
+            best_fault = min(best_fault, max(0.0, first - warm) / faults)
+    return 0.0 if best_fault == float("inf") else best_fault
 
 
 def vm_hwm_bytes() -> int:
@@ -331,10 +373,10 @@ def main():
 
     def full():
         fresh_patcher = MergePatcher(params)
-        t0 = time.perf_counter()
+        f0, t0 = minor_faults(), time.perf_counter()
         fresh_patcher.apply(plan)
         elapsed = time.perf_counter() - t0
-        return fresh_patcher, elapsed
+        return fresh_patcher, elapsed, minor_faults() - f0
 
     def repatch(p):
         flip["v"] ^= 1
@@ -347,11 +389,13 @@ def main():
         return elapsed
 
     # Interleaved rounds, best of each: a shared machine's load then hits every method alike.
-    merge_s, repatch_s, naive_s = stats.seconds, float("inf"), float("inf")
+    merge_s, repatch_s, naive_s = float("inf"), float("inf"), float("inf")
+    merge_faults = 0
     spent = time.perf_counter()
     for round_ in range(RUNS):
-        p, elapsed = full()
-        merge_s = min(merge_s, elapsed)
+        p, elapsed, faults = full()
+        if elapsed < merge_s:
+            merge_s, merge_faults = elapsed, faults
         repatch_s = min(repatch_s, repatch(p), repatch(p))
         p.restore()
         t0 = time.perf_counter()
@@ -365,6 +409,8 @@ def main():
     # What exact restore adds on top of the floor: a copy of every touched
     # weight into freshly allocated memory (page faults included).
     backup_s = best(lambda: [w.clone() for w in weights], 3)
+    fault_s = fault_price_s()
+    first_touch_s = merge_faults * fault_s
     side_s, merged_fwd_s, side_err = bypass_vs_merged(weights, loras)
 
     print(f"merge (ours):           {merge_s * 1e3:8.1f} ms  ({stats.lora_gemms} rank-concatenated GEMMs, "
@@ -375,6 +421,10 @@ def main():
           f"; memcpy {bandwidth / 1e9:.1f} GB/s)")
     print(f"floor + backups:        {(floor_s + backup_s) * 1e3:8.1f} ms  (cloning the touched weights into new "
           f"memory: {backup_s * 1e3:.1f} ms)")
+    if fault_s:
+        print(f"first touch in merge:   {first_touch_s * 1e3:8.1f} ms  ({merge_faults} minor page faults of the new "
+              f"storage × {fault_s * 1e6:.2f} µs measured on fresh pages; merge less first touch ÷ floor = "
+              f"{(merge_s - first_touch_s) / floor_s:.2f})")
     print(f"re-patch quarter LoRA:  {repatch_s * 1e3:8.1f} ms  ({LAYERS // 4} of {LAYERS} weights recomputed)")
     print(f"bypass fwd r16 fp32:    {side_s * 1e3:8.1f} ms  vs merged {merged_fwd_s * 1e3:.1f} ms "
           f"({BYPASS_LAYERS} layers, {TOKENS}×{N} fp32 activations; rel. diff {side_err:.1e})")
@@ -389,6 +439,9 @@ def main():
         "repatch_vs_full": round(repatch_s / merge_s, 3),
         "bypass_vs_merged": round(side_s / merged_fwd_s, 3),
         "peak_extra_mb": round(accounted / 2**20, 1),
+        "merge_page_faults": merge_faults,
+        "fault_us": round(fault_s * 1e6, 3),
+        "merge_vs_floor_after_first_touch": round((merge_s - first_touch_s) / floor_s, 3),
     }
     path = comfy_dir()
     if path:

@@ -141,6 +141,22 @@ class ByteLRU:
             self._items.clear()
             self._bytes = 0
 
+    def release(self, nbytes: int, where: Callable[[Any], bool] | None = None) -> int:
+        """Give back at least ``nbytes`` (least recently used first; only values for which
+        ``where(value)`` holds, when given); returns the bytes dropped."""
+        freed = 0
+        with self._lock:
+            for key in list(self._items):
+                if freed >= nbytes:
+                    break
+                value, size = self._items[key]
+                if where is not None and not where(value):
+                    continue
+                del self._items[key]
+                self._bytes -= size
+                freed += size
+        return freed
+
     @property
     def bytes(self) -> int:
         return self._bytes
@@ -190,6 +206,24 @@ class DeltaCache(ByteLRU):
                 if self._bytes <= self.max_bytes:
                     break
                 self._drop(old)
+            return before - self._bytes
+
+    def release(self, nbytes: int, where: Callable[[Any], bool] | None = None) -> int:
+        """Give back at least ``nbytes`` when the host needs the memory: superseded sums first,
+        then whole parameters, oldest first; returns the bytes dropped."""
+        with self._lock:
+            before = self._bytes
+            for old in list(self._items):
+                if before - self._bytes >= nbytes:
+                    break
+                siblings = self._by_param.get(old[0], ())
+                if siblings and siblings[-1] != old and (where is None or where(self._items[old][0])):
+                    self._drop(old)
+            for old in list(self._items):
+                if before - self._bytes >= nbytes:
+                    break
+                if where is None or where(self._items[old][0]):
+                    self._drop(old)
             return before - self._bytes
 
     def recycle(self, param, shape, dtype: torch.dtype, device) -> "torch.Tensor | None":

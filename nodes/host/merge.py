@@ -35,6 +35,7 @@ fresh uuid (ComfyUI's full re-patch).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
@@ -92,7 +93,57 @@ def _delta_cache(device: torch.device) -> Optional[DeltaCache]:
         else:
             cache = DeltaCache(0, policy=_accelerator_policy(device))
         cache = DELTA_CACHES.setdefault(str(device), cache)
+        _release_before_unloading()
     return cache
+
+
+def _holds_device(value, device: torch.device) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.device == device
+    return any(_holds_device(v, device) for v in value)
+
+
+def release_for(device, memory_required) -> int:
+    """Give back cached ΔW sums and factors on an accelerator until ComfyUI sees
+    ``memory_required`` bytes free (or nothing of ours is left there); returns the bytes dropped.
+
+    Runs first in ComfyUI's ``free_memory``, so a model it is about to load is
+    never offloaded to keep a cache: the caches are the first to give way.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return 0
+    if device.index is None and device.type == "cuda" and torch.cuda.is_available():
+        device = torch.device("cuda", torch.cuda.current_device())
+    cache = DELTA_CACHES.get(str(device))
+    shortfall = int(memory_required) - int(comfy.model_management.get_free_memory(device))
+    if shortfall <= 0:
+        return 0
+    freed = cache.release(shortfall) if cache is not None else 0
+    if freed < shortfall:
+        freed += FACTOR_CACHE.release(shortfall - freed, where=lambda v: _holds_device(v, device))
+    if freed:
+        log.info("[LoRA Patchbay] gave back %d MiB of cached LoRA deltas on %s for ComfyUI", freed >> 20, device)
+    return freed
+
+
+def _release_before_unloading() -> None:
+    """Wrap ComfyUI's ``model_management.free_memory`` (once) so :func:`release_for` runs first."""
+    mm = comfy.model_management
+    current = mm.free_memory
+    if getattr(current, "_patchbay_original", None) is not None:
+        return
+
+    @functools.wraps(current)
+    def free_memory(memory_required, device, *args, **kwargs):
+        try:
+            release_for(device, memory_required)
+        except Exception:  # our cache must never break ComfyUI's memory management
+            log.debug("[LoRA Patchbay] could not release cached deltas on %s", device, exc_info=True)
+        return current(memory_required, device, *args, **kwargs)
+
+    free_memory._patchbay_original = current
+    mm.free_memory = free_memory
 
 
 def clear_caches() -> None:

@@ -13,7 +13,8 @@ Checks, each against a fresh full load of the same clone (unpatch, re-patch):
 * lowvram: the per-forward patches follow the loaded clone;
 * a key with core's LoRA patch before ours is rewritten through core's maths;
 * a different key set gets a fresh uuid (ComfyUI's full re-patch);
-* an accelerator's ΔW cache is on by default with a free-memory policy.
+* an accelerator's ΔW cache is on by default with a free-memory policy, and
+  ComfyUI's ``free_memory`` takes it (and that device's factors) back first.
 """
 from __future__ import annotations
 
@@ -170,6 +171,36 @@ gc = merge._delta_cache(torch.device("cuda", 0))
 out["gpu_cache_policy"] = (gc is not None and gc.policy is not None and gc.policy.fraction == 0.25
                            and gc.policy.reserve >= 1 << 30)
 merge.DELTA_CACHES.pop("cuda:0", None)
+
+# memory pressure: ComfyUI's free_memory takes our accelerator caches back before it unloads a model
+meta = torch.device("meta")  # an accelerator stand-in: tensors with sizes and no memory
+free0, MiB = 2 << 30, 1 << 20
+real_gfm = mm.get_free_memory
+mc = merge._delta_cache(meta)
+def meta_bytes():
+    return mc.bytes + sum(t.numel() * t.element_size() for k in list(merge.FACTOR_CACHE._items)
+                          for t in merge.FACTOR_CACHE._items[k][0] if t.device == meta)
+start = [0]
+def fake_free(dev=None, torch_free_too=False):
+    f = free0 + start[0] - meta_bytes()
+    return (f, 0) if torch_free_too else f
+mm.get_free_memory = fake_free
+for i in range(4):
+    mc.put((f"pressure.{i}.weight", i), torch.empty(MiB // 4, device=meta))
+merge.FACTOR_CACHE.put(("pressure", meta), (torch.empty(MiB // 4, device=meta),))
+merge.FACTOR_CACHE.put(("pressure", "cpu"), (torch.empty(MiB // 4),))
+start[0] = meta_bytes()
+merge._release_before_unloading()  # a second install wraps nothing more
+orig_fm = getattr(mm.free_memory, "_patchbay_original", None)
+out["pressure_wrapped_once"] = orig_fm is not None and getattr(orig_fm, "_patchbay_original", None) is None
+mm.free_memory(free0 // 2, meta)
+out["pressure_fits_keeps"] = meta_bytes() == start[0]
+mm.free_memory(free0 + 2 * MiB + MiB // 2, meta)
+out["pressure_gives_the_shortfall"] = [start[0] - meta_bytes() >= 2 * MiB + MiB // 2, mc.bytes > 0]
+mm.free_memory(free0 + 64 * MiB, meta)
+out["pressure_gives_all_of_that_device"] = [meta_bytes(), ("pressure", "cpu") in merge.FACTOR_CACHE]
+mm.get_free_memory = real_gfm
+merge.DELTA_CACHES.pop("meta", None)
 print("RESULT " + json.dumps(out))
 ''')
 
@@ -228,3 +259,10 @@ def test_lowvram_patches_follow_the_loaded_clone(sync_result):
 
 def test_accelerator_delta_cache_follows_free_memory(sync_result):
     assert sync_result["gpu_cache_policy"] is True
+
+
+def test_under_memory_pressure_our_caches_give_way_before_comfyui_unloads_a_model(sync_result):
+    assert sync_result["pressure_wrapped_once"] is True
+    assert sync_result["pressure_fits_keeps"] is True
+    assert sync_result["pressure_gives_the_shortfall"] == [True, True]   # the shortfall, not everything
+    assert sync_result["pressure_gives_all_of_that_device"] == [0, True]  # another device's factors stay

@@ -83,3 +83,24 @@ def test_recycle_hands_back_the_sum_a_new_one_would_evict():
     old = cache.recycle("w", *like)
     assert torch.equal(old, torch.ones(4, 4)) and ("w", 1) not in cache and ("w", 2) in cache
     assert cache.bytes == 64
+
+
+def test_release_gives_back_superseded_sums_first_then_the_oldest():
+    cache = DeltaCache(100 * MB, per_param=2)
+    cache.put(("a", 1), sum_of(4))
+    cache.put(("b", 1), sum_of(4))
+    cache.put(("a", 2), sum_of(4))  # supersedes ("a", 1)
+    assert cache.release(2 * MB) == 4 * MB
+    assert ("a", 1) not in cache and ("a", 2) in cache and ("b", 1) in cache
+    assert cache.release(5 * MB) == 8 * MB  # then whole parameters, oldest first, until enough
+    assert len(cache) == 0 and cache.bytes == 0
+    assert cache.release(MB) == 0
+
+
+def test_release_only_touches_what_the_filter_names():
+    from lora_core.cache import ByteLRU
+    lru = ByteLRU(100 * MB)
+    lru.put("cpu", (sum_of(2),))
+    lru.put("meta", (torch.empty(MB // 4, device="meta"),))
+    assert lru.release(10 * MB, where=lambda v: v[0].device.type == "meta") == MB
+    assert "cpu" in lru and "meta" not in lru and lru.bytes == 2 * MB

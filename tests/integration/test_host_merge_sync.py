@@ -166,6 +166,14 @@ Q.detach(unpatch_all=True)
 out["lowvram_follows_clone"] = torch.equal(yq, yq_fresh)
 out["lowvram_differs"] = not torch.equal(yq, yp)
 out["lowvram_unpatch_exact"] = same({k: v.clone() for k, v in net.state_dict().items()}, orig)
+# a lone LoRA per forward: the cached product, scaled, as in a full load
+ys1, _ = lowvram(S1, True)
+S1.detach(unpatch_all=False)
+ys2, _ = lowvram(S2, False)
+S2.detach(unpatch_all=True)
+ys2_fresh, _ = lowvram(S2, True)
+S2.detach(unpatch_all=True)
+out["lowvram_lone"] = [torch.equal(ys2, ys2_fresh), not torch.equal(ys2, ys1)]
 # accelerators get a ΔW cache whose budget follows free memory (no GPU needed to build it)
 gc = merge._delta_cache(torch.device("cuda", 0))
 out["gpu_cache_policy"] = (gc is not None and gc.policy is not None and gc.policy.fraction == 0.25
@@ -255,6 +263,7 @@ def test_lowvram_patches_follow_the_loaded_clone(sync_result):
     assert sync_result["lowvram_used"] is True
     assert sync_result["lowvram_differs"] is True
     assert sync_result["lowvram_follows_clone"] is True
+    assert sync_result["lowvram_lone"] == [True, True]
 
 
 def test_accelerator_delta_cache_follows_free_memory(sync_result):

@@ -167,11 +167,6 @@ def test_block_weights_node_scales_blocks_in_comfyui(comfy, tiny_lora, tiny_lora
 SCHEDULE_STRENGTH = 50.0  # the tiny LoRA is weak; make its effect far above float noise
 
 
-def _host_applies_schedules() -> bool:
-    src = Path(__file__).resolve().parents[2] / "nodes" / "loaders.py"
-    return src.is_file() and "attach_schedules" in src.read_text()
-
-
 def _latent(comfy, g: Graph, latent) -> dict:
     n = g.node("PatchbayTestLatentStats", samples=latent)
     stats = comfy.client.queue(g).ui(n.id, "latent_stats")
@@ -199,9 +194,6 @@ def _advanced(g: Graph, tiny_sd15_unet, model, latent, start: int, end: int, add
 
 def test_schedule_switches_lora_per_step(comfy, tiny_lora, tiny_sd15_unet):
     """'LoRA for step 1 only' equals sampling step 1 with the LoRA and step 2 without it."""
-    if not _host_applies_schedules():
-        pytest.skip("Apply LoRA Stack does not apply schedules yet (nodes/loaders.py never calls attach_schedules)")
-
     def run(keyframes):
         g = Graph()
         model = _scheduled_model(g, tiny_lora, tiny_sd15_unet.load(g), keyframes)
@@ -229,9 +221,6 @@ def test_schedule_switches_lora_per_step(comfy, tiny_lora, tiny_sd15_unet):
 def test_chained_scheduled_stacks_keep_both_schedules(comfy, tiny_lora, tiny_sd15_unet):
     """Two Apply LoRA Stack nodes in a row, the same LoRA on step 1 from the first and on step 2
     from the second: together they must equal that LoRA on both steps from one stack."""
-    if not _host_applies_schedules():
-        pytest.skip("Apply LoRA Stack does not apply schedules yet (nodes/loaders.py never calls attach_schedules)")
-
     g = Graph()
     first = _scheduled_model(g, tiny_lora, tiny_sd15_unet.load(g), "0:1, 0.3:0")
     both = _scheduled_model(g, tiny_lora, first, "0:0, 0.3:1")
